@@ -1,0 +1,5 @@
+//! The audio engine: everything between caller μ-law and the turn decision, plus the recorder.
+//!
+//! Frames are 20 ms at 8 kHz (160 samples) on the call path. Nothing here knows about
+//! sockets or providers; the call session drives these pieces frame by frame.
+pub mod mulaw;

@@ -1,0 +1,168 @@
+//! The command line: `serve`, `dial`, and the tools around them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::call::diagnostic::EchoDiagnostic;
+use crate::call::SessionFactory;
+use crate::config::{Config, Overrides};
+use crate::http::{self, AppState};
+
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about = "Native voice host for AI phone agents on Twilio")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer and place calls: Twilio webhooks, /dialout, /twiml and the media WebSocket.
+    Serve(ServeArgs),
+    /// Place an outbound call through a running server's /dialout.
+    Dial(DialArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOST")]
+    pub host: Option<String>,
+    /// Port to listen on (default 7860).
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
+    /// Public base URL Twilio reaches this server at (wins over PUBLIC_URL / PROXY_HOST).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Optional configuration file (default: ./switchboard.toml if present).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Accept unsigned webhooks and streams without a token. Local experiments only.
+    #[arg(long)]
+    pub insecure_skip_signature: bool,
+    /// Run a diagnostic session instead of the voice agent.
+    #[arg(long, value_enum)]
+    pub diagnostic: Option<Diagnostic>,
+    /// Seconds calls in progress may take to finish after SIGTERM.
+    #[arg(long)]
+    pub drain_timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Diagnostic {
+    /// Play a tone, then repeat back what the caller says after each pause.
+    Echo,
+}
+
+#[derive(Debug, Args)]
+pub struct DialArgs {
+    /// Number to call (E.164).
+    #[arg(long, env = "TO_NUMBER")]
+    pub to: String,
+    /// Your Twilio number to call from (E.164).
+    #[arg(long, env = "FROM_NUMBER")]
+    pub from: String,
+    /// The Switchboard server.
+    #[arg(long, env = "SWITCHBOARD_SERVER", default_value = "http://localhost:7860")]
+    pub server: String,
+    /// Persona to use for the call.
+    #[arg(long)]
+    pub persona: Option<String>,
+    /// Custom parameter for the persona, NAME=VALUE (repeatable).
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// API key for /dialout.
+    #[arg(long, env = "DIALOUT_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Dial(args) => dial(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        host: args.host,
+        port: args.port,
+        public_url: args.public_url,
+        config_file: args.config,
+        insecure_skip_signature: args.insecure_skip_signature,
+        drain_timeout_secs: args.drain_timeout,
+    };
+    let (config, warnings) = Config::load(&overrides).context("configuration")?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if config.insecure_skip_signature {
+        tracing::warn!("INSECURE: --insecure-skip-signature accepts unsigned webhooks and token-less streams; never use this in production");
+    }
+    let sessions: Arc<dyn SessionFactory> = match args.diagnostic {
+        Some(Diagnostic::Echo) => Arc::new(EchoDiagnostic),
+        None => {
+            tracing::warn!("the conversation engine is not part of this build yet: serving the echo diagnostic");
+            Arc::new(EchoDiagnostic)
+        }
+    };
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, public_url = ?config.public_url.as_ref().map(|u| u.as_str()), "switchboard listening");
+    let state = AppState::new(config, sessions)?;
+    http::serve(listener, state, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn dial(args: DialArgs) -> anyhow::Result<()> {
+    let url = format!("{}/dialout", args.server.trim_end_matches('/'));
+    let params: std::collections::BTreeMap<_, _> = args.params.into_iter().collect();
+    let body = serde_json::json!({
+        "to_number": args.to, "from_number": args.from, "persona": args.persona, "parameters": params,
+    });
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&args.api_key)
+        .json(&body)
+        .timeout(std::time::Duration::from_secs(15))
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("dial-out failed ({status}): {text}");
+    }
+    println!("{text}");
+    Ok(())
+}

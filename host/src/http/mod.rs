@@ -1,0 +1,123 @@
+//! The HTTP surface: Twilio webhooks, dial-out, the media WebSocket, health and metrics.
+
+mod dialout;
+mod drain;
+mod media_ws;
+mod public_url;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+
+pub use drain::Drain;
+pub use public_url::PublicUrl;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::telephony::stream_token::StreamTokens;
+use crate::telephony::twilio::rest::TwilioRest;
+use crate::telephony::twilio::stream::StreamContext;
+
+/// How long a stream token stays valid after the TwiML that carries it was served.
+const STREAM_TOKEN_TTL: Duration = Duration::from_secs(120);
+
+/// Shared state of the server.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub tokens: Arc<StreamTokens>,
+    pub rest: Option<TwilioRest>,
+    pub streams: Arc<StreamContext>,
+    pub metrics: Arc<Metrics>,
+    pub drain: Arc<Drain>,
+    pub public_url: PublicUrl,
+}
+
+impl AppState {
+    /// Builds the state from a validated config and the session factory for calls.
+    pub fn new(config: Config, sessions: Arc<dyn crate::call::SessionFactory>) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let secret = match (&config.stream_token_secret, &config.twilio) {
+            (Some(s), _) => s.as_bytes().to_vec(),
+            (None, Some(t)) => t.auth_token.as_bytes().to_vec(),
+            // Nothing shared to derive it from: a per-process secret still protects /ws.
+            (None, None) => rand::random::<[u8; 32]>().to_vec(),
+        };
+        let tokens = Arc::new(StreamTokens::new(&secret, STREAM_TOKEN_TTL));
+        let rest = match &config.twilio {
+            Some(t) => Some(TwilioRest::new(config.twilio_api_base_url.as_str(), &t.account_sid, &t.auth_token)?),
+            None => None,
+        };
+        let streams = Arc::new(StreamContext {
+            tokens: (!config.insecure_skip_signature).then(|| tokens.clone()),
+            rest: rest.clone(),
+            sessions,
+            metrics: metrics.clone(),
+            limits: Default::default(),
+        });
+        let public_url = PublicUrl::new(config.public_url.clone());
+        Ok(Self {
+            config: Arc::new(config),
+            tokens,
+            rest,
+            streams,
+            metrics,
+            drain: Arc::new(Drain::default()),
+            public_url,
+        })
+    }
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", post(webhooks::incoming))
+        .route("/incoming", post(webhooks::incoming))
+        .route("/twiml", post(webhooks::outbound_twiml))
+        .route("/dialout", post(dialout::dialout))
+        .route("/ws", get(media_ws::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "status": if state.drain.is_draining() { "draining" } else { "ok" },
+        "active_calls": state.drain.active(),
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+}
+
+/// Serves until `shutdown` resolves, then drains: new calls are refused while calls in progress
+/// get up to the configured drain timeout to finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let drain = state.drain.clone();
+    let timeout = state.config.drain_timeout;
+    let app = router(state);
+    let graceful = async move {
+        shutdown.await;
+        drain.begin();
+        tracing::info!(active_calls = drain.active(), ?timeout, "draining: refusing new calls");
+        if drain.wait_idle(timeout).await {
+            tracing::info!("drained: all calls finished");
+        } else {
+            tracing::warn!(active_calls = drain.active(), "drain timeout: stopping with calls in progress");
+        }
+    };
+    axum::serve(listener, app).with_graceful_shutdown(graceful).await?;
+    Ok(())
+}

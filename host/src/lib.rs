@@ -1,0 +1,12 @@
+//! Switchboard: a native voice host for AI phone agents on Twilio.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library so that integration
+//! tests and benchmarks drive exactly the code the server runs.
+
+pub mod audio;
+pub mod call;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod telephony;

@@ -1,0 +1,8 @@
+//! Twilio: webhook signatures, TwiML, Media Streams messages and transport, and the REST client.
+
+pub mod media;
+pub mod playout;
+pub mod rest;
+pub mod signature;
+pub mod stream;
+pub mod twiml;

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing Switchboard needs, on a fresh Debian 12 machine.
+# Idempotent and quick when everything is already there. Needs root for apt (or sudo).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+# Debian packages: speech fixtures (espeak-ng, sox), model fetch (unzip).
+APT_PACKAGES=(espeak-ng sox unzip)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing ${missing[*]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# ONNX Runtime library and the Silero / Smart Turn models (pinned, checksummed).
+bash models/fetch.sh
+

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: set up what the tests need, then check formatting, lints and run every test.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --workspace --locked
