@@ -24,6 +24,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Place an outbound call through a running server's /dialout.
     Dial(DialArgs),
+    /// Act as Twilio: place simulated calls against a server (also the load generator).
+    Simulate(Box<crate::sim::SimulateArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +92,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Dial(args) => dial(args).await,
+        Command::Simulate(args) => {
+            let summary = crate::sim::run(*args).await?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
     }
 }
 

@@ -9,4 +9,5 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod sim;
 pub mod telephony;

@@ -1,0 +1,3 @@
+//! Test support: provider fakes.
+
+pub mod twilio_rest;
