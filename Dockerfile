@@ -18,7 +18,7 @@ RUN bash /models/fetch.sh
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libstdc++6 \
+ && apt-get install -y --no-install-recommends ca-certificates libstdc++6 libsoxr0 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin switchboard \
  && mkdir -p /data/recordings /data/personas \

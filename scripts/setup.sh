@@ -5,8 +5,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-# Debian packages: speech fixtures (espeak-ng, sox), model fetch (unzip).
-APT_PACKAGES=(espeak-ng sox unzip)
+# Debian packages: speech fixtures (espeak-ng, sox), model fetch (unzip), libsoxr0 (Smart Turn
+# resamples each segment with the same library as the reference, bit for bit).
+APT_PACKAGES=(espeak-ng sox unzip libsoxr0)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,3 +22,5 @@ fi
 # ONNX Runtime library and the Silero / Smart Turn models (pinned, checksummed).
 bash models/fetch.sh
 
+# The Python reference (Pipecat 1.14's model code) the parity tests compare against.
+bash host/tests/parity/setup_venv.sh

@@ -6,10 +6,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::audio::models::ModelPaths;
+use crate::call::conversation;
 use crate::call::diagnostic::EchoDiagnostic;
+use crate::call::persona::BuiltinProvider;
 use crate::call::SessionFactory;
 use crate::config::{Config, Overrides};
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about = "Native voice host for AI phone agents on Twilio")]
@@ -26,6 +30,23 @@ pub enum Command {
     Dial(DialArgs),
     /// Act as Twilio: place simulated calls against a server (also the load generator).
     Simulate(Box<crate::sim::SimulateArgs>),
+    /// Run the inbound audio path (denoise, Silero VAD, Smart Turn) over a WAV file offline.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// A mono WAV file, any sample rate.
+    pub file: PathBuf,
+    /// Skip RNNoise.
+    #[arg(long)]
+    pub no_denoise: bool,
+    /// JSON lines: one per VAD window, VAD events, and the Smart Turn verdict at each stop.
+    #[arg(long)]
+    pub json: bool,
+    /// Use the reference bots' values (VAD stop 0.5 s, Smart Turn pre-speech 0 ms).
+    #[arg(long)]
+    pub reference_seed: bool,
 }
 
 #[derive(Debug, Args)]
@@ -91,7 +112,11 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Dial(args) => dial(args).await,
+        Command::Dial(args) => {
+            println!("{}", dial(args).await?);
+            Ok(())
+        }
+        Command::Analyze(args) => analyze(args),
         Command::Simulate(args) => {
             let summary = crate::sim::run(*args).await?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -116,18 +141,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if config.insecure_skip_signature {
         tracing::warn!("INSECURE: --insecure-skip-signature accepts unsigned webhooks and token-less streams; never use this in production");
     }
+    let metrics = Arc::new(Metrics::new());
     let sessions: Arc<dyn SessionFactory> = match args.diagnostic {
         Some(Diagnostic::Echo) => Arc::new(EchoDiagnostic),
         None => {
-            tracing::warn!("the conversation engine is not part of this build yet: serving the echo diagnostic");
-            Arc::new(EchoDiagnostic)
+            let models = ModelPaths::from_env();
+            Arc::new(conversation::build(&config, &models, Arc::new(BuiltinProvider), metrics.clone())?)
         }
     };
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, public_url = ?config.public_url.as_ref().map(|u| u.as_str()), "switchboard listening");
-    let state = AppState::new(config, sessions)?;
+    let state = AppState::new(config, sessions, metrics)?;
     http::serve(listener, state, shutdown_signal()).await
+}
+
+fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
+    use crate::audio::analyze::{run, AnalyzeOptions};
+    use crate::audio::turn::TurnParams;
+    use crate::audio::vad::VadParams;
+    let mut opts = AnalyzeOptions {
+        denoise: !args.no_denoise,
+        json: args.json,
+        models: ModelPaths::from_env(),
+        ..Default::default()
+    };
+    if args.reference_seed {
+        opts.vad = VadParams::reference_seed();
+        opts.turn = TurnParams::reference_seed();
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    run(&args.file, &opts, &mut out).with_context(|| format!("analysing {}", args.file.display()))?;
+    std::io::Write::flush(&mut out)?;
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -151,7 +198,8 @@ async fn shutdown_signal() {
     }
 }
 
-async fn dial(args: DialArgs) -> anyhow::Result<()> {
+/// Posts to the server's `/dialout` and returns its JSON answer.
+pub async fn dial(args: DialArgs) -> anyhow::Result<String> {
     let url = format!("{}/dialout", args.server.trim_end_matches('/'));
     let params: std::collections::BTreeMap<_, _> = args.params.into_iter().collect();
     let body = serde_json::json!({
@@ -170,6 +218,5 @@ async fn dial(args: DialArgs) -> anyhow::Result<()> {
     if !status.is_success() {
         anyhow::bail!("dial-out failed ({status}): {text}");
     }
-    println!("{text}");
-    Ok(())
+    Ok(text)
 }

@@ -9,5 +9,6 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod services;
 pub mod sim;
 pub mod telephony;

@@ -4,6 +4,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// A label set of one `(name, value)` pair with static strings: cheap to build on hot paths.
@@ -20,6 +21,22 @@ pub struct Metrics {
     pub stream_messages_rejected: Family<Label, Counter>,
     pub caller_frames_dropped: Counter,
     pub twilio_rest_errors: Family<Label, Counter>,
+    /// Provider failures, labelled by provider and error kind.
+    pub provider_errors: Family<Label, Counter>,
+    /// End of caller speech → final transcript in hand.
+    pub stt_final_latency: Histogram,
+    /// LLM request → first token.
+    pub llm_first_token: Histogram,
+    /// Sentence sent to TTS → first audio byte.
+    pub tts_first_byte: Histogram,
+    /// End of caller speech → first bot audio frame sent to the caller.
+    pub voice_to_voice: Histogram,
+    pub barge_ins: Counter,
+}
+
+/// Buckets (seconds) for latencies from a few ms to several seconds.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0].into_iter()
 }
 
 impl Default for Metrics {
@@ -61,8 +78,29 @@ impl Metrics {
             "Failed Twilio REST requests, by operation",
             twilio_rest_errors.clone(),
         );
+        let provider_errors = Family::<Label, Counter>::default();
+        registry.register("provider_errors", "STT/LLM/TTS failures, by provider and kind", provider_errors.clone());
+        let histogram = |registry: &mut Registry, name: &str, help: &str| {
+            let h = Histogram::new(latency_buckets());
+            registry.register_with_unit(name, help, prometheus_client::registry::Unit::Seconds, h.clone());
+            h
+        };
+        let stt_final_latency =
+            histogram(&mut registry, "stt_final_latency", "End of caller speech to final transcript");
+        let llm_first_token = histogram(&mut registry, "llm_first_token", "LLM request to first token");
+        let tts_first_byte = histogram(&mut registry, "tts_first_byte", "Sentence sent to TTS to first audio");
+        let voice_to_voice =
+            histogram(&mut registry, "voice_to_voice", "End of caller speech to first bot audio frame sent");
+        let barge_ins = Counter::default();
+        registry.register("barge_ins", "Bot replies interrupted by the caller", barge_ins.clone());
         Self {
             registry,
+            provider_errors,
+            stt_final_latency,
+            llm_first_token,
+            tts_first_byte,
+            voice_to_voice,
+            barge_ins,
             calls_active,
             calls_total,
             webhooks_rejected,
@@ -76,6 +114,11 @@ impl Metrics {
     /// Increments `family{key=value}`.
     pub fn inc(family: &Family<Label, Counter>, key: &'static str, value: &'static str) {
         family.get_or_create(&vec![(key, value)]).inc();
+    }
+
+    /// Increments `family{provider=…,kind=…}`.
+    pub fn provider_error(&self, provider: &'static str, kind: &'static str) {
+        self.provider_errors.get_or_create(&vec![("provider", provider), ("kind", kind)]).inc();
     }
 
     /// The exposition text.

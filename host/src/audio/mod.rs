@@ -2,4 +2,13 @@
 //!
 //! Frames are 20 ms at 8 kHz (160 samples) on the call path. Nothing here knows about
 //! sockets or providers; the call session drives these pieces frame by frame.
+
+pub mod analyze;
+pub mod denoise;
+pub mod features;
+pub mod models;
 pub mod mulaw;
+pub mod record;
+pub mod resample;
+pub mod turn;
+pub mod vad;

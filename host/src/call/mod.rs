@@ -5,7 +5,11 @@
 //! stream as [`CallInput`]. A session answers with [`CallOutput`]: bot audio (μ-law 8 kHz, paced
 //! by the transport), marks, `clear`, and call control. Sessions never see sockets or JSON.
 
+pub mod conversation;
 pub mod diagnostic;
+pub mod persona;
+pub mod sentences;
+pub mod turns;
 
 use std::collections::BTreeMap;
 use std::future::Future;

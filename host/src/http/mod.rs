@@ -40,9 +40,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state from a validated config and the session factory for calls.
-    pub fn new(config: Config, sessions: Arc<dyn crate::call::SessionFactory>) -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::new());
+    /// Builds the state from a validated config, the session factory for calls and the
+    /// process's metrics (shared with the sessions).
+    pub fn new(
+        config: Config,
+        sessions: Arc<dyn crate::call::SessionFactory>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let secret = match (&config.stream_token_secret, &config.twilio) {
             (Some(s), _) => s.as_bytes().to_vec(),
             (None, Some(t)) => t.auth_token.as_bytes().to_vec(),

@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 pub use caller::{CallerAudio, CallerAudioError, Segmentation, Utterance, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE};
-pub use playout::{Overflow, Played, Playout, MAX_GAP_TICKS_WITHOUT_MARKS, MULAW_SILENCE, SPURT_TICKS};
+pub use playout::{
+    Overflow, Played, Playout, TooManyMarks, MAX_GAP_TICKS_WITHOUT_MARKS, MAX_PENDING_MARKS, MULAW_SILENCE, SPURT_TICKS,
+};
 pub use report::{Aggregate, CallReport, MarkRecord, Outcome, Stats, Summary, Turn};
 pub use stream::DTMF_DIGIT_SPACING_MS;
 pub use webhook::{

@@ -33,6 +33,14 @@ pub struct Overflow {
     pub dropped: usize,
 }
 
+/// Marks waiting for their audio at most.
+pub const MAX_PENDING_MARKS: usize = 10_000;
+
+/// The bot sent more marks than can wait for their audio; the mark was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("more than {MAX_PENDING_MARKS} marks waiting for their audio; mark dropped")]
+pub struct TooManyMarks;
+
 /// What one tick played.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Played {
@@ -107,8 +115,9 @@ impl Playout {
     }
 
     /// Handles a `mark` from the bot; a mark with nothing left to play is echoed at once (pushed
-    /// to `echo`), otherwise when its audio has played.
-    pub fn push_mark(&mut self, name: String, echo: &mut Vec<String>) {
+    /// to `echo`), otherwise when its audio has played. Past [`MAX_PENDING_MARKS`] waiting, the
+    /// mark is dropped.
+    pub fn push_mark(&mut self, name: String, echo: &mut Vec<String>) -> Result<(), TooManyMarks> {
         self.seen_marks = true;
         self.spurt_closed = true;
         self.dry_since = None;
@@ -116,9 +125,12 @@ impl Playout {
         let still_playing = matches!((self.last_audio_tick, self.last_tick), (Some(a), Some(t)) if a >= t);
         if nothing_ahead && !still_playing {
             echo.push(name);
+        } else if self.marks.len() >= MAX_PENDING_MARKS {
+            return Err(TooManyMarks);
         } else {
             self.marks.push_back((self.enqueued, name));
         }
+        Ok(())
     }
 
     /// Handles `clear`: drops queued audio and returns every pending mark at once.
@@ -198,7 +210,7 @@ mod tests {
         let mut f = frame();
         p.tick(1, &mut f, &mut echo);
         p.push_audio(&[1; 400]).unwrap(); // 2.5 frames
-        p.push_mark("m".into(), &mut echo);
+        p.push_mark("m".into(), &mut echo).unwrap();
         assert!(echo.is_empty());
         assert_eq!(p.tick(2, &mut f, &mut echo).audio_bytes, 160);
         assert_eq!(p.tick(3, &mut f, &mut echo).audio_bytes, 160);
@@ -215,15 +227,15 @@ mod tests {
         let mut p = Playout::new(1 << 20);
         let mut echo = Vec::new();
         let mut f = frame();
-        p.push_mark("first".into(), &mut echo);
+        p.push_mark("first".into(), &mut echo).unwrap();
         assert_eq!(echo, ["first"]);
         p.push_audio(&[1; 160]).unwrap();
         p.tick(1, &mut f, &mut echo);
-        p.push_mark("second".into(), &mut echo);
+        p.push_mark("second".into(), &mut echo).unwrap();
         assert_eq!(echo, ["first"], "frame 1 is still playing");
         p.tick(2, &mut f, &mut echo);
         assert_eq!(echo, ["first", "second"]);
-        p.push_mark("third".into(), &mut echo);
+        p.push_mark("third".into(), &mut echo).unwrap();
         assert_eq!(echo, ["first", "second", "third"]);
     }
 
@@ -233,9 +245,9 @@ mod tests {
         let mut echo = Vec::new();
         let mut f = frame();
         p.push_audio(&[1; 1600]).unwrap();
-        p.push_mark("a".into(), &mut echo);
+        p.push_mark("a".into(), &mut echo).unwrap();
         p.push_audio(&[2; 1600]).unwrap();
-        p.push_mark("b".into(), &mut echo);
+        p.push_mark("b".into(), &mut echo).unwrap();
         p.tick(1, &mut f, &mut echo);
         p.clear(&mut echo);
         assert_eq!(echo, ["a", "b"]);
@@ -244,7 +256,7 @@ mod tests {
         assert_eq!(f, [MULAW_SILENCE; FRAME_SAMPLES]);
         // Audio after the clear plays and its mark comes back normally.
         p.push_audio(&[3; 160]).unwrap();
-        p.push_mark("c".into(), &mut echo);
+        p.push_mark("c".into(), &mut echo).unwrap();
         p.tick(3, &mut f, &mut echo);
         assert_eq!(f[0], 3);
         p.tick(4, &mut f, &mut echo);
@@ -264,7 +276,7 @@ mod tests {
         p.push_audio(&[1; 320]).unwrap(); // arrives 2 ticks late
         assert_eq!(p.underruns(), 1);
         assert_eq!(p.underrun_ms(), 40);
-        p.push_mark("end".into(), &mut echo);
+        p.push_mark("end".into(), &mut echo).unwrap();
         for n in 5..20 {
             p.tick(n, &mut f, &mut echo);
         }
@@ -296,6 +308,18 @@ mod tests {
         }
         p.push_audio(&[1; 160]).unwrap();
         assert_eq!(p.underruns(), 0);
+    }
+
+    #[test]
+    fn pending_marks_are_bounded() {
+        let mut p = Playout::new(1 << 20);
+        let mut echo = Vec::new();
+        p.push_audio(&[1; 160]).unwrap();
+        for i in 0..MAX_PENDING_MARKS {
+            assert!(p.push_mark(i.to_string(), &mut echo).is_ok());
+        }
+        assert_eq!(p.push_mark("one too many".into(), &mut echo), Err(TooManyMarks));
+        assert_eq!(p.pending_marks(), MAX_PENDING_MARKS);
     }
 
     #[test]

@@ -34,6 +34,10 @@ const SPURT_GAP: Duration = Duration::from_millis(200);
 const LATE_TICK: Duration = Duration::from_millis(10);
 /// How long to wait for the server to finish the closing handshake after `stop`.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// A send blocked this long means the server stopped reading: the call is given up.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bot talk-spurt start times kept per call.
+const MAX_SPURTS_KEPT: usize = 100_000;
 /// Spacing of the digits of one DTMF entry.
 pub const DTMF_DIGIT_SPACING_MS: u64 = 200;
 /// Bot messages quoted in error messages up to this many characters.
@@ -292,7 +296,9 @@ impl<'r> Session<'r> {
                 let at = self.call_ms(now);
                 self.report.note_mark(&name, at);
                 self.spurt_break = true;
-                self.playout.push_mark(name, &mut self.echo);
+                if let Err(e) = self.playout.push_mark(name, &mut self.echo) {
+                    self.report.note_error(e.to_string());
+                }
                 self.send_echoes(false).await;
             }
             BotMessage::Clear { .. } => {
@@ -313,7 +319,7 @@ impl<'r> Session<'r> {
         self.report.bot_audio_bytes += audio.len() as u64;
         let new_spurt =
             self.spurt_break || self.last_media.is_none_or(|last| now.saturating_duration_since(last) > SPURT_GAP);
-        if new_spurt {
+        if new_spurt && self.report.bot_spurts_ms.len() < MAX_SPURTS_KEPT {
             self.report.bot_spurts_ms.push(at);
         }
         self.spurt_break = false;
@@ -350,12 +356,17 @@ impl<'r> Session<'r> {
         if self.closed {
             return false;
         }
-        match self.ws.send(Message::Text(text.into())).await {
-            Ok(()) => true,
-            Err(e) => {
+        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Message::Text(text.into()))).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
                 if !matches!(e, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) {
                     self.report.note_error(format!("sending to the server failed: {e}"));
                 }
+                self.closed = true;
+                false
+            }
+            Err(_) => {
+                self.report.note_error(format!("the server stopped reading: a send blocked for {SEND_TIMEOUT:?}"));
                 self.closed = true;
                 false
             }
@@ -387,11 +398,12 @@ impl<'r> Session<'r> {
 
     /// Sends a close frame and waits (bounded) for the server's; messages after `stop` are dropped.
     async fn close_gracefully(&mut self) {
-        if self.ws.close(None).await.is_err() {
-            return;
-        }
-        let drain = async { while let Some(Ok(_)) = self.ws.next().await {} };
-        let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
+        let close = async {
+            if self.ws.close(None).await.is_ok() {
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, close).await;
     }
 }
 

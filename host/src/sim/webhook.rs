@@ -104,7 +104,7 @@ pub async fn fetch_twiml(http: &reqwest::Client, req: &WebhookRequest) -> Result
         Some(server) => route(&req.url, server),
         None => req.url.clone(),
     };
-    let transport = |e: reqwest::Error| WebhookError::Transport { url: shown.clone(), reason: e.to_string() };
+    let transport = |e: reqwest::Error| WebhookError::Transport { url: shown.clone(), reason: error_chain(&e) };
     let mut builder = match req.method {
         WebhookMethod::Post => http.post(target).form(&req.params),
         WebhookMethod::Get => {
@@ -148,6 +148,21 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<String, reqwest::Er
         }
     }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The error and its causes ("error sending request: … Connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 fn host_port(u: &Url) -> String {

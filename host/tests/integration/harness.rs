@@ -22,11 +22,21 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(env: &[(&str, &str)], overrides: Overrides, sessions: Arc<dyn SessionFactory>) -> TestServer {
+        Self::start_with_metrics(env, overrides, sessions, Arc::new(switchboard::metrics::Metrics::new())).await
+    }
+
+    /// Like `start`, sharing `metrics` with sessions built by the test.
+    pub async fn start_with_metrics(
+        env: &[(&str, &str)],
+        overrides: Overrides,
+        sessions: Arc<dyn SessionFactory>,
+        metrics: Arc<switchboard::metrics::Metrics>,
+    ) -> TestServer {
         let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (config, _warnings) = Config::from_sources(&overrides, env).expect("config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState::new(config, sessions).expect("state");
+        let state = AppState::new(config, sessions, metrics).expect("state");
         let (tx, rx) = oneshot::channel::<()>();
         let finished = tokio::spawn(http::serve(listener, state.clone(), async move {
             let _ = rx.await;

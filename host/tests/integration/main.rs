@@ -1,7 +1,11 @@
 //! Integration tests: one crate, one binary, modules per capability.
 
+mod audio_parity;
+mod conversation;
 mod diagnostic;
+mod fakes;
 mod harness;
+mod services;
 mod sim;
 mod support;
 mod telephony;

@@ -727,6 +727,13 @@ async fn fake_rest_authenticates_validates_and_answers_like_twilio() {
         ("+15005550006", "+15005550001", "inbound")
     );
 
+    // A slow Twilio.
+    fake.set_delay(Duration::from_millis(300));
+    let began = Instant::now();
+    rest.fetch_call("CA11111111111111111111111111111111").await.unwrap();
+    assert!(began.elapsed() >= Duration::from_millis(300));
+    fake.set_delay(Duration::ZERO);
+
     let bad_to =
         NewCall { to: "5551234", from: "+15005550006", twiml_url: "https://x.example/twiml", status_callback: None };
     let err = rest.create_call(&bad_to).await.unwrap_err();
@@ -770,7 +777,7 @@ async fn fake_rest_authenticates_validates_and_answers_like_twilio() {
 
     // Every request was recorded with its method, path, user and form.
     let requests = fake.requests();
-    assert_eq!(requests.len(), 11);
+    assert_eq!(requests.len(), 12);
     assert_eq!((requests[0].auth_user.as_deref(), requests[0].authorized), (Some(ACCOUNT), false));
     let create = requests.iter().rev().find(|r| r.path.ends_with("/Calls.json")).unwrap();
     assert_eq!(create.method, "POST");

@@ -284,3 +284,23 @@ async fn outbound_twiml_is_signed_and_carries_persona_and_parameters() {
     assert_eq!(call.info.parameters.get("name").map(String::as_str), Some("Ada"));
     assert_eq!(call.info.to, "+15550003333");
 }
+
+#[tokio::test]
+async fn switchboard_dial_places_a_call_through_dialout() {
+    let rest = FakeTwilio::start(ACCOUNT_SID, AUTH_TOKEN).await;
+    let (server, _calls) = start_server(&rest, Some("k3y"), Some("https://bot.example.com")).await;
+    let args = |key: &str| switchboard::cli::DialArgs {
+        to: "+15550003333".into(),
+        from: "+15550002222".into(),
+        server: server.base.clone(),
+        persona: Some("support".into()),
+        params: vec![("order".into(), "42".into())],
+        api_key: key.into(),
+    };
+    let answer: serde_json::Value = serde_json::from_str(&switchboard::cli::dial(args("k3y")).await.unwrap()).unwrap();
+    assert!(answer["call_sid"].as_str().unwrap().starts_with("CA"));
+    let create = rest.requests().into_iter().find(|r| r.path.ends_with("/Calls.json")).unwrap();
+    assert_eq!(create.field("Url"), Some("https://bot.example.com/twiml?persona=support&p.order=42"));
+    let err = switchboard::cli::dial(args("wrong")).await.unwrap_err().to_string();
+    assert!(err.contains("401"), "{err}");
+}

@@ -1,0 +1,327 @@
+//! `switchboard analyze FILE.wav [--no-denoise] [--json]`: the inbound path offline.
+//!
+//! Reads a mono WAV (any rate; 8–32-bit int or 32-bit float), denoises it (RNNoise, on by
+//! default), runs Silero at the file's rate when it is 8 or 16 kHz (otherwise resamples to
+//! 16 kHz first), and Smart Turn at every speech stop (always on 16 kHz audio). Frames are
+//! 20 ms, handled in the reference's order: turn analyzer, then VAD, then the verdict.
+//!
+//! JSON lines (`--json`), `t` in seconds of the file:
+//! * every VAD window: `{"t", "vad"}` (t = end of the 32 ms window)
+//! * VAD edges: `{"t", "event": "speech_start" | "speech_stop"}`
+//! * at each speech stop: `{"t", "turn_probability", "turn_complete"}`
+//! * an incomplete turn ended by `stop_secs` of silence: `{"t", "event": "turn_fallback"}`
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::denoise::{DenoiseError, Denoiser};
+use super::models::ModelPaths;
+use super::resample::{resample_all, ResampleError};
+use super::turn::{SmartTurnModel, TurnAnalyzer, TurnError, TurnParams, TurnVerdict, COMPLETE_THRESHOLD};
+use super::vad::{SileroVad, VadError, VadEvent, VadParams, VadRate, VadWindow};
+
+/// Options of `switchboard analyze`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalyzeOptions {
+    /// Run RNNoise before the models (as on a call).
+    pub denoise: bool,
+    /// JSON lines instead of a short summary.
+    pub json: bool,
+    pub vad: VadParams,
+    pub turn: TurnParams,
+    pub models: ModelPaths,
+}
+
+impl Default for AnalyzeOptions {
+    fn default() -> Self {
+        AnalyzeOptions {
+            denoise: true,
+            json: false,
+            vad: VadParams::default(),
+            turn: TurnParams::default(),
+            models: ModelPaths::from_env(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error("reading {path}: {source}")]
+    Wav { path: PathBuf, source: hound::Error },
+    #[error("{path}: {channels} channels; analyze needs a mono file")]
+    NotMono { path: PathBuf, channels: u16 },
+    #[error("{path}: unsupported sample format ({bits}-bit {format:?})")]
+    Format { path: PathBuf, bits: u16, format: hound::SampleFormat },
+    #[error(transparent)]
+    Vad(#[from] VadError),
+    #[error(transparent)]
+    Turn(#[from] TurnError),
+    #[error("denoising: {0}")]
+    Denoise(#[from] DenoiseError),
+    #[error("resampling to 16 kHz: {0}")]
+    Resample(#[from] ResampleError),
+    #[error("writing the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// What an analysis found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AnalyzeSummary {
+    /// Rate the models ran at (8000 or 16000).
+    pub rate: u32,
+    pub seconds: f64,
+    pub windows: usize,
+    pub speech_windows: usize,
+    /// (start, stop) of each VAD speech segment, seconds.
+    pub segments: Vec<(f64, Option<f64>)>,
+    /// (t, probability, complete) at each speech stop.
+    pub turns: Vec<(f64, f32, bool)>,
+    /// Times an incomplete turn ended by the silence fallback.
+    pub fallbacks: Vec<f64>,
+}
+
+/// Analyzes `path`, writing JSON lines or a summary to `out`.
+pub fn run(path: &Path, opts: &AnalyzeOptions, out: &mut impl Write) -> Result<AnalyzeSummary, AnalyzeError> {
+    let (rate, pcm) = read_wav(path)?;
+    let (rate, pcm) = to_model_rate(rate, pcm)?;
+    let pcm = if opts.denoise { denoise(rate, &pcm)? } else { pcm };
+    let summary = analyze_pcm(rate, &pcm, opts, out)?;
+    if !opts.json {
+        write_summary(path, opts, &summary, out)?;
+    }
+    Ok(summary)
+}
+
+/// Runs VAD and Smart Turn over 8 or 16 kHz PCM (already denoised or not).
+pub fn analyze_pcm(
+    rate: u32,
+    pcm: &[i16],
+    opts: &AnalyzeOptions,
+    out: &mut impl Write,
+) -> Result<AnalyzeSummary, AnalyzeError> {
+    let vad_rate = VadRate::from_hz(rate).ok_or(TurnError::Rate(rate))?;
+    let mut vad = SileroVad::open(&opts.models, vad_rate, opts.vad)?;
+    let mut model = SmartTurnModel::open(&opts.models, 1)?;
+    let mut turn = TurnAnalyzer::new(rate, opts.turn, opts.vad.start_secs);
+    let mut summary = AnalyzeSummary { rate, seconds: pcm.len() as f64 / f64::from(rate), ..AnalyzeSummary::default() };
+    let mut emit = |line: serde_json::Value| -> std::io::Result<()> {
+        if opts.json {
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
+    };
+    let mut position = 0usize;
+    for frame in pcm.chunks(rate as usize / 50) {
+        position += frame.len();
+        if turn.append(frame) {
+            let t = position as f64 / f64::from(rate);
+            summary.fallbacks.push(t);
+            emit(json!({"t": t, "event": "turn_fallback"}))?;
+        }
+        let Some(window) = vad.push_frame(frame)? else {
+            continue;
+        };
+        record_window(&window, &mut summary);
+        emit(json!({"t": window.t, "vad": f64::from(window.probability)}))?;
+        let Some(event) = window.event else {
+            continue;
+        };
+        let name = match event {
+            VadEvent::SpeechStart => "speech_start",
+            VadEvent::SpeechStop => "speech_stop",
+        };
+        emit(json!({"t": window.t, "event": name}))?;
+        if let Some(segment) = turn.on_vad_event(event) {
+            let probability = model.predict(&segment.audio, segment.rate)?;
+            let verdict = TurnVerdict { probability, complete: probability > COMPLETE_THRESHOLD, upto: segment.upto };
+            turn.apply_verdict(&verdict);
+            summary.turns.push((window.t, probability, verdict.complete));
+            emit(json!({
+                "t": window.t,
+                "turn_probability": f64::from(probability),
+                "turn_complete": verdict.complete,
+            }))?;
+        }
+    }
+    Ok(summary)
+}
+
+fn record_window(window: &VadWindow, summary: &mut AnalyzeSummary) {
+    summary.windows += 1;
+    summary.speech_windows += usize::from(window.speech);
+    match window.event {
+        Some(VadEvent::SpeechStart) => summary.segments.push((window.t, None)),
+        Some(VadEvent::SpeechStop) => {
+            if let Some(last) = summary.segments.last_mut() {
+                last.1 = Some(window.t);
+            }
+        }
+        None => {}
+    }
+}
+
+fn write_summary(path: &Path, opts: &AnalyzeOptions, s: &AnalyzeSummary, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{}: {:.2} s, models at {} Hz, denoise {}",
+        path.display(),
+        s.seconds,
+        s.rate,
+        if opts.denoise { "on" } else { "off" }
+    )?;
+    writeln!(out, "VAD: {} windows, {} speech ({} speech segments)", s.windows, s.speech_windows, s.segments.len())?;
+    for (start, stop) in &s.segments {
+        match stop {
+            Some(stop) => writeln!(out, "  speech {start:.3} – {stop:.3} s")?,
+            None => writeln!(out, "  speech {start:.3} s – end of file")?,
+        }
+    }
+    for (t, p, complete) in &s.turns {
+        let verdict = if *complete { "complete" } else { "incomplete" };
+        writeln!(out, "  turn at {t:.3} s: p = {p:.3} ({verdict})")?;
+    }
+    for t in &s.fallbacks {
+        writeln!(out, "  turn ended by {:.1} s of silence at {t:.3} s", opts.turn.stop_secs)?;
+    }
+    Ok(())
+}
+
+/// Reads a mono WAV as 16-bit PCM at its own rate.
+fn read_wav(path: &Path) -> Result<(u32, Vec<i16>), AnalyzeError> {
+    let wav_err = |source| AnalyzeError::Wav { path: path.to_path_buf(), source };
+    let mut reader = hound::WavReader::open(path).map_err(wav_err)?;
+    let spec = reader.spec();
+    if spec.channels != 1 {
+        return Err(AnalyzeError::NotMono { path: path.to_path_buf(), channels: spec.channels });
+    }
+    let pcm = match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Int, 16) => reader.samples::<i16>().collect::<Result<_, _>>(),
+        (hound::SampleFormat::Int, bits @ (8 | 24 | 32)) => {
+            let shift = u32::from(bits) - 16;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|v| if bits == 8 { (v << 8) as i16 } else { (v >> shift) as i16 }))
+                .collect()
+        }
+        (hound::SampleFormat::Float, 32) => reader.samples::<f32>().map(|s| s.map(float_to_pcm)).collect(),
+        (format, bits) => return Err(AnalyzeError::Format { path: path.to_path_buf(), bits, format }),
+    }
+    .map_err(wav_err)?;
+    Ok((spec.sample_rate, pcm))
+}
+
+fn float_to_pcm(x: f32) -> i16 {
+    (x * 32768.0).round().clamp(-32768.0, 32767.0) as i16
+}
+
+/// 8 and 16 kHz stay; any other rate goes to 16 kHz.
+fn to_model_rate(rate: u32, pcm: Vec<i16>) -> Result<(u32, Vec<i16>), AnalyzeError> {
+    if VadRate::from_hz(rate).is_some() {
+        return Ok((rate, pcm));
+    }
+    let input: Vec<f32> = pcm.iter().map(|&s| f32::from(s) / 32768.0).collect();
+    let resampled = resample_all(&input, rate, 16_000)?;
+    Ok((16_000, resampled.into_iter().map(float_to_pcm).collect()))
+}
+
+/// RNNoise over the whole clip, with its latency removed so times stay those of the file.
+fn denoise(rate: u32, pcm: &[i16]) -> Result<Vec<i16>, AnalyzeError> {
+    let mut denoiser = Denoiser::new(rate)?;
+    let latency = denoiser.latency_samples();
+    let frame = rate as usize / 100;
+    let mut out = Vec::with_capacity(pcm.len() + latency + frame);
+    let mut buf = vec![0i16; frame * 2];
+    let tail = vec![0i16; latency + frame];
+    for chunk in pcm.chunks(frame).chain(tail.chunks(frame)) {
+        let n = denoiser.process(chunk, &mut buf)?;
+        out.extend_from_slice(&buf[..n]);
+    }
+    let end = (latency + pcm.len()).min(out.len());
+    Ok(out[latency.min(end)..end].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_wav(
+        path: &Path,
+        spec: hound::WavSpec,
+        write: impl FnOnce(&mut hound::WavWriter<std::io::BufWriter<std::fs::File>>),
+    ) {
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        write(&mut w);
+        w.finalize().unwrap();
+    }
+
+    #[test]
+    fn reads_float_and_24_bit_files_as_pcm16() {
+        let dir = tempfile::tempdir().unwrap();
+        let float = dir.path().join("f.wav");
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16000,
+            bits_per_sample: 32,
+            sample_format: hound::SampleFormat::Float,
+        };
+        write_wav(&float, spec, |w| {
+            for x in [0.0f32, 0.5, -1.0, 2.0] {
+                w.write_sample(x).unwrap();
+            }
+        });
+        assert_eq!(read_wav(&float).unwrap(), (16000, vec![0, 16384, -32768, 32767]));
+        let int24 = dir.path().join("i.wav");
+        let spec =
+            hound::WavSpec { bits_per_sample: 24, sample_format: hound::SampleFormat::Int, sample_rate: 8000, ..spec };
+        write_wav(&int24, spec, |w| {
+            for x in [256i32, -8_388_608] {
+                w.write_sample(x).unwrap();
+            }
+        });
+        assert_eq!(read_wav(&int24).unwrap(), (8000, vec![1, -32768]));
+    }
+
+    #[test]
+    fn stereo_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stereo.wav");
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        write_wav(&path, spec, |w| {
+            w.write_sample(0i16).unwrap();
+            w.write_sample(0i16).unwrap();
+        });
+        let err = read_wav(&path).unwrap_err();
+        assert!(matches!(err, AnalyzeError::NotMono { channels: 2, .. }));
+        assert!(err.to_string().contains("stereo.wav"));
+    }
+
+    #[test]
+    fn other_rates_go_to_16k() {
+        let pcm: Vec<i16> = (0..44100).map(|n| ((n as f32 * 0.05).sin() * 8000.0) as i16).collect();
+        let (rate, out) = to_model_rate(44100, pcm).unwrap();
+        assert_eq!(rate, 16000);
+        assert!((out.len() as i64 - 16000).abs() <= 1, "{}", out.len());
+        let (rate, out) = to_model_rate(8000, vec![1, 2, 3]).unwrap();
+        assert_eq!((rate, out), (8000, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn denoise_keeps_length_and_alignment() {
+        // A loud 200 Hz tone burst: RNNoise keeps most of it; its onset must stay in place.
+        let mut pcm = vec![0i16; 8000];
+        for (n, s) in pcm[4000..6000].iter_mut().enumerate() {
+            *s = ((2.0 * std::f32::consts::PI * 200.0 * n as f32 / 8000.0).sin() * 12000.0) as i16;
+        }
+        let out = denoise(8000, &pcm).unwrap();
+        assert_eq!(out.len(), pcm.len());
+        let energy = |s: &[i16]| s.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>();
+        assert!(energy(&out[3900..3990]) < 0.01 * energy(&out[4100..4190]));
+    }
+}

@@ -1,0 +1,898 @@
+//! One call's conversation: caller audio → denoise → VAD + Smart Turn + STT → user turns →
+//! persona / LLM → sentences → TTS → paced bot audio with a mark per sentence.
+//!
+//! States: listening (no reply), thinking (reply requested, nothing heard yet), bot speaking
+//! (reply audio queued or playing), ending (a goodbye or transfer is playing out). A user turn
+//! start while an interruptible reply is active is a barge-in: `clear`, cancel LLM and TTS, and
+//! keep in the context only the sentences whose marks came back.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::reply::{mark_name, parse_mark, After, Reply, Utterance};
+use super::writer::{CallWriter, TranscriptLine, TurnLatency};
+use super::ConversationDeps;
+use crate::audio::denoise::Denoiser;
+use crate::audio::turn::{PendingTurn, TurnDetector, TurnError, TurnVerdict};
+use crate::audio::vad::VadRate;
+use crate::call::persona::{Action, CallSummary, Greeting, Persona, PersonaSetup};
+use crate::call::sentences::SentenceSplitter;
+use crate::call::turns::{TurnSignal, TurnTracker};
+use crate::call::{CallInfo, CallInput, CallOutput, SessionIo, FRAME_SAMPLES};
+use crate::services::llm::{ChatMessage, ChatRequest, LlmEvent, LlmStream, ToolSpec};
+use crate::services::stt::{SttEvent, SttHandle, SttOptions};
+use crate::services::tts::{ReplyId, TtsEvent, TtsHandle, TtsOptions};
+
+/// Said when the LLM fails; the call carries on.
+const APOLOGY: &str = "Sorry, I had a problem just now. Could you say that again?";
+/// Said when a turn had no words and interrupted the bot (the reference's empty-turn recovery).
+const EMPTY_TURN_PROMPT: &str = "The user may have said something that was not understood. Briefly ask them to repeat.";
+/// Tool-call rounds per reply before the LLM must answer in words.
+const MAX_TOOL_ROUNDS: u32 = 5;
+/// Deepgram accepts 20 `Flush` per 60 s on a socket; keep a margin. Under the budget every
+/// sentence is flushed (fast first audio, a mark per sentence); over it, the rest of a reply
+/// shares one unit flushed at the reply's end.
+const FLUSH_BUDGET: usize = 16;
+const FLUSH_WINDOW: Duration = Duration::from_secs(60);
+
+type VerdictFuture = Pin<Box<dyn Future<Output = Result<TurnVerdict, TurnError>> + Send>>;
+type SynthFuture = Pin<Box<dyn Future<Output = (ReplyId, Result<Vec<u8>, String>)> + Send>>;
+
+struct Session {
+    deps: Arc<ConversationDeps>,
+    persona: Box<dyn Persona>,
+    setup: PersonaSetup,
+    out: mpsc::Sender<CallOutput>,
+    started: Instant,
+    // Audio front end.
+    denoiser: Denoiser,
+    clean: Vec<i16>,
+    scratch: Vec<i16>,
+    detector: TurnDetector,
+    pending_verdict: Option<VerdictFuture>,
+    turns: TurnTracker,
+    speech_ended: Option<Instant>,
+    awaiting_final_since: Option<Instant>,
+    // Providers.
+    stt: Option<SttHandle>,
+    tts: Option<TtsHandle>,
+    llm: Option<LlmStream>,
+    splitter: SentenceSplitter,
+    tool_rounds: u32,
+    synth: Vec<SynthFuture>,
+    next_unit: u64,
+    flushes: std::collections::VecDeque<Instant>,
+    /// A unit collecting sentences without a flush (over the flush budget).
+    open_unit: Option<ReplyId>,
+    // Conversation.
+    context: Vec<ChatMessage>,
+    tools: Vec<ToolSpec>,
+    reply: Option<Reply>,
+    turn_interrupted_bot: bool,
+    recovered_empty_turn: bool,
+    user_turn_started_ms: Option<u64>,
+    idle_deadline: Option<Instant>,
+    idle_attempts: u32,
+    ending: bool,
+    writer: Option<CallWriter>,
+    transcript: Vec<(String, String)>,
+}
+
+/// Runs one call to its end.
+pub(super) async fn run(deps: Arc<ConversationDeps>, info: CallInfo, mut io: SessionIo) {
+    let started = Instant::now();
+    let mut persona = deps.personas.persona_for(&info);
+    let setup = persona.setup(&info).await;
+    info!(voice = %setup.voice, model = %setup.llm_model, tools = setup.tools.len(), "conversation starting");
+    let tt = &setup.turn_taking;
+    let denoiser = match Denoiser::with_enabled(8000, tt.denoise) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "denoiser unavailable; continuing without it");
+            Denoiser::passthrough(8000).expect("passthrough needs no state")
+        }
+    };
+    let vad = deps.vad.stream(VadRate::Hz8000, tt.vad);
+    let detector = TurnDetector::new(vad, deps.smart_turn.clone(), tt.turn, tt.vad.start_secs);
+    let turns = TurnTracker::new(Duration::from_secs_f64(tt.vad.stop_secs), tt.user_turn_stop_timeout);
+    let (stt, tts) = tokio::join!(
+        deps.stt.connect(SttOptions::default()),
+        deps.tts.connect(TtsOptions { voice: Some(setup.voice.clone()) })
+    );
+    let (stt, mut stt_events) = match stt {
+        Ok((h, ev)) => (Some(h), Some(ev)),
+        Err(e) => {
+            deps.metrics.provider_error("stt", e.kind().as_str());
+            warn!(error = %e, "speech-to-text unavailable: the caller can't be understood");
+            (None, None)
+        }
+    };
+    let (tts, mut tts_events) = match tts {
+        Ok((h, ev)) => (Some(h), Some(ev)),
+        Err(e) => {
+            deps.metrics.provider_error("tts", e.kind().as_str());
+            warn!(error = %e, "streaming text-to-speech unavailable: using one-shot synthesis");
+            (None, None)
+        }
+    };
+    let writer = match CallWriter::start(&deps.recordings_dir, &info.call_sid, SystemTime::now(), setup.record) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, dir = %deps.recordings_dir.display(), "no recording or transcript for this call");
+            None
+        }
+    };
+    let tools = setup
+        .tools
+        .iter()
+        .map(|t| ToolSpec {
+            name: t.name.clone(),
+            description: t.description.clone(),
+            parameters: t.parameters.clone(),
+        })
+        .collect();
+    let mut s = Session {
+        context: vec![ChatMessage::system(setup.system_prompt.clone())],
+        tools,
+        deps,
+        persona,
+        setup,
+        out: io.output.clone(),
+        started,
+        denoiser,
+        clean: Vec::with_capacity(FRAME_SAMPLES * 3),
+        scratch: vec![0; FRAME_SAMPLES * 2],
+        detector,
+        pending_verdict: None,
+        turns,
+        speech_ended: None,
+        awaiting_final_since: None,
+        stt,
+        tts,
+        llm: None,
+        splitter: SentenceSplitter::default(),
+        tool_rounds: 0,
+        synth: Vec::new(),
+        next_unit: 1,
+        flushes: std::collections::VecDeque::new(),
+        open_unit: None,
+        reply: None,
+        turn_interrupted_bot: false,
+        recovered_empty_turn: false,
+        user_turn_started_ms: None,
+        idle_deadline: None,
+        idle_attempts: 0,
+        ending: false,
+        writer,
+        transcript: Vec::new(),
+    };
+    s.greet().await;
+    loop {
+        let deadline = s.next_deadline();
+        tokio::select! {
+            input = io.input.recv() => match input {
+                Some(input) => s.on_input(input).await,
+                None => break,
+            },
+            ev = recv_opt(&mut stt_events) => match ev {
+                Some(ev) => s.on_stt(ev).await,
+                None => stt_events = None,
+            },
+            ev = recv_opt(&mut tts_events) => match ev {
+                Some(ev) => s.on_tts(ev).await,
+                None => tts_events = None,
+            },
+            ev = next_llm(&mut s.llm) => s.on_llm(ev).await,
+            verdict = verdict_opt(&mut s.pending_verdict) => {
+                s.pending_verdict = None;
+                s.on_verdict(verdict).await;
+            }
+            (unit, result) = next_synth(&mut s.synth) => s.on_synthesized(unit, result).await,
+            _ = sleep_until_opt(deadline) => s.on_timer().await,
+        }
+    }
+    s.finish().await;
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_llm(stream: &mut Option<LlmStream>) -> Option<Result<LlmEvent, crate::services::llm::LlmError>> {
+    match stream {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn verdict_opt(fut: &mut Option<VerdictFuture>) -> Result<TurnVerdict, TurnError> {
+    match fut {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The first one-shot synthesis to finish.
+async fn next_synth(futs: &mut Vec<SynthFuture>) -> (ReplyId, Result<Vec<u8>, String>) {
+    if futs.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for i in 0..futs.len() {
+            if let std::task::Poll::Ready(out) = futs[i].as_mut().poll(cx) {
+                drop(futs.swap_remove(i));
+                return std::task::Poll::Ready(out);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn ms_between(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
+    Some(b?.checked_duration_since(a?)?.as_secs_f64() * 1000.0)
+}
+
+impl Session {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        [self.turns.next_deadline(), self.idle_deadline].into_iter().flatten().min()
+    }
+
+    async fn emit(&mut self, out: CallOutput) {
+        // The transport only goes away when the call ends; the loop sees that on its input.
+        let _ = self.out.send(out).await;
+    }
+
+    // ----- call start ---------------------------------------------------------------------
+
+    async fn greet(&mut self) {
+        match self.setup.greeting.clone() {
+            Greeting::None => self.idle_deadline = Some(Instant::now() + self.setup.idle.timeout),
+            Greeting::Say(text) => self.say(&text, After::Listen).await,
+            Greeting::Generate(instruction) => {
+                self.context.push(ChatMessage::system(instruction));
+                self.start_llm_reply(None);
+            }
+        }
+    }
+
+    // ----- caller audio and transport events ------------------------------------------------
+
+    async fn on_input(&mut self, input: CallInput) {
+        match input {
+            CallInput::Audio { timestamp_ms, samples } => self.on_audio(timestamp_ms, samples).await,
+            CallInput::Dtmf(digits) => self.on_dtmf(digits).await,
+            CallInput::MarkPlayed(name) => self.on_mark(&name).await,
+            CallInput::BotAudioPlayed { playout_ms, mulaw } => {
+                let now = Instant::now();
+                if let Some(reply) = &mut self.reply {
+                    if !reply.audio_started {
+                        reply.audio_started = true;
+                        reply.first_audio_sent = Some(now);
+                        if let Some(end) = reply.speech_ended {
+                            self.deps.metrics.voice_to_voice.observe(secs(now.saturating_duration_since(end)));
+                        }
+                    }
+                }
+                if let Some(w) = &mut self.writer {
+                    let mut pcm = [0i16; FRAME_SAMPLES];
+                    for (o, &c) in pcm.iter_mut().zip(mulaw.iter()) {
+                        *o = crate::audio::mulaw::decode(c);
+                    }
+                    w.bot(playout_ms, pcm);
+                }
+            }
+            CallInput::Cleared { at_ms } => {
+                if let Some(w) = &mut self.writer {
+                    w.clear_bot(at_ms);
+                }
+            }
+        }
+    }
+
+    async fn on_audio(&mut self, timestamp_ms: u64, samples: [i16; FRAME_SAMPLES]) {
+        if let Some(w) = &mut self.writer {
+            w.caller(timestamp_ms, samples);
+        }
+        let written = match self.denoiser.process(&samples, &mut self.scratch) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "denoise failed; passing audio through");
+                self.scratch[..FRAME_SAMPLES].copy_from_slice(&samples);
+                FRAME_SAMPLES
+            }
+        };
+        self.clean.extend_from_slice(&self.scratch[..written]);
+        while self.clean.len() >= FRAME_SAMPLES {
+            let mut frame = [0i16; FRAME_SAMPLES];
+            frame.copy_from_slice(&self.clean[..FRAME_SAMPLES]);
+            self.clean.drain(..FRAME_SAMPLES);
+            self.on_clean_frame(&frame).await;
+        }
+    }
+
+    async fn on_clean_frame(&mut self, frame: &[i16; FRAME_SAMPLES]) {
+        if let Some(stt) = &self.stt {
+            stt.send_audio(frame);
+        }
+        let outcome = match self.detector.push_frame(frame).await {
+            Ok(o) => o,
+            Err(e) => {
+                debug!(error = %e, "turn detection skipped a frame");
+                return;
+            }
+        };
+        let now = Instant::now();
+        if outcome.fallback_complete {
+            if let Some(sig) = self.turns.verdict(true, now) {
+                self.on_turn_signal(sig).await;
+            }
+        }
+        match outcome.event {
+            Some(crate::audio::vad::VadEvent::SpeechStart) => {
+                if let Some(sig) = self.turns.vad_start(now) {
+                    self.on_turn_signal(sig).await;
+                }
+            }
+            Some(crate::audio::vad::VadEvent::SpeechStop) => {
+                // Speech really ended one stop window ago.
+                self.speech_ended = Some(now - Duration::from_secs_f64(self.setup.turn_taking.vad.stop_secs));
+                self.awaiting_final_since = self.speech_ended;
+                if let Some(stt) = &self.stt {
+                    stt.finalize();
+                }
+                self.turns.vad_stop(now);
+            }
+            None => {}
+        }
+        if let Some(pending) = outcome.pending {
+            self.pending_verdict = Some(Box::pin(PendingTurn::verdict(pending)));
+        }
+    }
+
+    async fn on_verdict(&mut self, verdict: Result<TurnVerdict, TurnError>) {
+        let now = Instant::now();
+        let complete = match verdict {
+            Ok(v) => {
+                debug!(probability = v.probability, complete = v.complete, "smart turn");
+                self.detector.apply_verdict(&v);
+                v.complete
+            }
+            Err(e) => {
+                // Without a verdict the silence fallback still ends the turn.
+                warn!(error = %e, "smart turn failed");
+                false
+            }
+        };
+        if let Some(sig) = self.turns.verdict(complete, now) {
+            self.on_turn_signal(sig).await;
+        }
+    }
+
+    async fn on_stt(&mut self, ev: SttEvent) {
+        match ev {
+            SttEvent::Transcript(t) => {
+                let now = Instant::now();
+                if t.is_final && !t.text.trim().is_empty() {
+                    if let Some(since) = self.awaiting_final_since.take() {
+                        self.deps.metrics.stt_final_latency.observe(secs(now.saturating_duration_since(since)));
+                    }
+                }
+                if let Some(sig) = self.turns.transcript(&t.text, t.is_final, t.from_finalize, now) {
+                    self.on_turn_signal(sig).await;
+                }
+            }
+            SttEvent::Disconnected { reason, kind } => {
+                self.deps.metrics.provider_error("stt", kind.as_str());
+                warn!(%reason, "speech-to-text dropped; reconnecting");
+            }
+            SttEvent::Reconnected { attempts, downtime, resent_frames, lost_frames } => {
+                info!(attempts, ?downtime, resent_frames, lost_frames, "speech-to-text reconnected");
+            }
+            SttEvent::Failed(e) => {
+                self.deps.metrics.provider_error("stt", e.kind().as_str());
+                warn!(error = %e, "speech-to-text failed for the rest of the call");
+                self.stt = None;
+            }
+            SttEvent::Warning { message } => debug!(%message, "speech-to-text warning"),
+            SttEvent::SpeechStarted { .. } | SttEvent::UtteranceEnd { .. } => {}
+        }
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        if let Some(sig) = self.turns.poll(now) {
+            self.on_turn_signal(sig).await;
+        }
+        if self.idle_deadline.is_some_and(|d| now >= d) {
+            self.idle_deadline = None;
+            self.on_idle().await;
+        }
+    }
+
+    // ----- user turns ---------------------------------------------------------------------
+
+    async fn on_turn_signal(&mut self, sig: TurnSignal) {
+        match sig {
+            TurnSignal::Started => {
+                self.idle_deadline = None;
+                self.idle_attempts = 0;
+                self.user_turn_started_ms = Some(self.now_ms());
+                self.turn_interrupted_bot = self.barge_in().await;
+            }
+            TurnSignal::Ended { text } => {
+                self.detector.clear();
+                self.on_user_turn(text).await;
+            }
+        }
+    }
+
+    /// Cuts the current reply short if the caller may interrupt it. True if something was cut.
+    async fn barge_in(&mut self) -> bool {
+        if !self.reply.as_ref().is_some_and(Reply::interruptible) {
+            return false;
+        }
+        let Some(reply) = self.reply.take() else { return false };
+        self.llm = None;
+        self.splitter = SentenceSplitter::default();
+        self.synth.clear();
+        self.open_unit = None;
+        if let Some(tts) = &self.tts {
+            tts.clear();
+        }
+        self.emit(CallOutput::Clear).await;
+        self.deps.metrics.barge_ins.inc();
+        let heard = reply.heard_text();
+        info!(heard = %heard, said = %reply.full_text(), "barge-in");
+        if !heard.is_empty() {
+            self.context.push(ChatMessage::assistant(heard.clone()));
+        }
+        self.log_line("assistant", heard, reply.started_ms, true, None);
+        true
+    }
+
+    async fn on_user_turn(&mut self, text: String) {
+        let start = self.user_turn_started_ms.take().unwrap_or_else(|| self.now_ms());
+        let speech_ended = self.speech_ended.take();
+        if text.is_empty() {
+            let first_reply_pending = self.transcript.iter().all(|(role, _)| role != "assistant");
+            if (self.turn_interrupted_bot || first_reply_pending) && !self.recovered_empty_turn && !self.ending {
+                self.recovered_empty_turn = true;
+                self.context.push(ChatMessage::system(EMPTY_TURN_PROMPT));
+                self.start_llm_reply(speech_ended);
+            } else if self.reply.is_none() {
+                self.arm_idle();
+            }
+            return;
+        }
+        self.recovered_empty_turn = false;
+        info!(text = %text, "user turn");
+        self.log_line("user", text.clone(), start, false, None);
+        if self.ending {
+            return;
+        }
+        let action = self.persona.on_user_turn(&text).await;
+        match action {
+            Action::None => {
+                self.context.push(ChatMessage::user(text));
+                self.start_llm_reply(speech_ended);
+            }
+            other => {
+                self.context.push(ChatMessage::user(text));
+                self.perform(other, speech_ended).await;
+            }
+        }
+    }
+
+    async fn on_dtmf(&mut self, digits: String) {
+        info!(%digits, "dtmf");
+        if self.ending {
+            return;
+        }
+        let action = self.persona.on_dtmf(&digits).await;
+        match action {
+            Action::None => {
+                self.barge_in().await;
+                let text = format!("(pressed {digits} on the keypad)");
+                self.log_line("user", text.clone(), self.now_ms(), false, None);
+                self.context.push(ChatMessage::user(text));
+                self.start_llm_reply(None);
+            }
+            other => {
+                self.barge_in().await;
+                self.perform(other, None).await;
+            }
+        }
+    }
+
+    async fn on_idle(&mut self) {
+        if self.ending || self.reply.is_some() || self.turns.is_open() {
+            return;
+        }
+        self.idle_attempts += 1;
+        info!(attempt = self.idle_attempts, "caller idle");
+        let action = self.persona.on_idle(self.idle_attempts).await;
+        match action {
+            Action::None => self.arm_idle(),
+            other => self.perform(other, None).await,
+        }
+    }
+
+    fn arm_idle(&mut self) {
+        if !self.ending {
+            self.idle_deadline = Some(Instant::now() + self.setup.idle.timeout);
+        }
+    }
+
+    /// Carries out a persona's action.
+    async fn perform(&mut self, action: Action, speech_ended: Option<Instant>) {
+        match action {
+            Action::None => self.start_llm_reply(speech_ended),
+            Action::Say(text) => {
+                self.context.push(ChatMessage::assistant(text.clone()));
+                self.say(&text, After::Listen).await;
+            }
+            Action::Prompt(instruction) => {
+                self.context.push(ChatMessage::system(instruction));
+                self.start_llm_reply(speech_ended);
+            }
+            Action::Transfer(to) => {
+                self.ending = true;
+                self.say("Please hold while I transfer your call.", After::Transfer(to)).await;
+            }
+            Action::SendDtmf(digits) => {
+                let tones = super::dtmf::tones(&digits);
+                self.emit(CallOutput::Audio(tones)).await;
+                self.arm_idle();
+            }
+            Action::HangUp(goodbye) => {
+                self.ending = true;
+                match goodbye {
+                    Some(text) if !text.trim().is_empty() => {
+                        self.say(&text, After::HangUp("goodbye".into())).await;
+                    }
+                    _ => self.emit(CallOutput::HangUp { reason: "persona ended the call".into() }).await,
+                }
+            }
+        }
+    }
+
+    // ----- replies --------------------------------------------------------------------------
+
+    fn start_llm_reply(&mut self, speech_ended: Option<Instant>) {
+        self.idle_deadline = None;
+        self.open_unit = None;
+        let mut reply = Reply::new(After::Listen, speech_ended, self.now_ms());
+        reply.llm_requested = Some(Instant::now());
+        self.reply = Some(reply);
+        self.splitter = SentenceSplitter::default();
+        self.tool_rounds = 0;
+        self.request_llm();
+    }
+
+    fn request_llm(&mut self) {
+        let request = ChatRequest {
+            model: Some(self.setup.llm_model.clone()),
+            messages: self.context.clone(),
+            tools: if self.tool_rounds < MAX_TOOL_ROUNDS { self.tools.clone() } else { Vec::new() },
+            tool_choice: None,
+            temperature: self.setup.temperature,
+            max_tokens: self.setup.max_tokens,
+        };
+        self.llm = Some(self.deps.llm.stream_chat(request));
+    }
+
+    /// Speaks a fixed text as its own reply.
+    async fn say(&mut self, text: &str, after: After) {
+        self.idle_deadline = None;
+        self.llm = None;
+        self.open_unit = None;
+        self.reply = Some(Reply::new(after, None, self.now_ms()));
+        let mut splitter = SentenceSplitter::default();
+        let mut sentences = splitter.push(text);
+        sentences.extend(splitter.finish());
+        for s in sentences {
+            self.speak_sentence(s);
+        }
+        self.complete_reply_text();
+        self.check_reply_heard().await;
+    }
+
+    fn speak_sentence(&mut self, text: String) {
+        if self.reply.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        while self.flushes.front().is_some_and(|t| now.duration_since(*t) > FLUSH_WINDOW) {
+            self.flushes.pop_front();
+        }
+        if let (Some(id), Some(tts)) = (self.open_unit, &self.tts) {
+            // Over budget: this sentence joins the reply's open unit.
+            tts.speak(id, text.clone());
+            if let Some(u) = self.reply.as_mut().and_then(|r| r.utterance_mut(id)) {
+                u.text.push(' ');
+                u.text.push_str(&text);
+            }
+            return;
+        }
+        let id = ReplyId(self.next_unit);
+        self.next_unit += 1;
+        if let Some(reply) = &mut self.reply {
+            reply.utterances.push(Utterance { id, text: text.clone(), sent_at: now, first_audio: None, heard: false });
+        }
+        match &self.tts {
+            Some(tts) => {
+                tts.speak(id, text);
+                if self.flushes.len() < FLUSH_BUDGET {
+                    tts.flush(id);
+                    self.flushes.push_back(now);
+                } else {
+                    self.open_unit = Some(id);
+                }
+            }
+            None => self.synthesize_fallback(id, text),
+        }
+    }
+
+    /// The reply's text is complete: flush a unit left open by the flush budget.
+    fn complete_reply_text(&mut self) {
+        if let (Some(id), Some(tts)) = (self.open_unit.take(), &self.tts) {
+            tts.flush(id);
+            self.flushes.push_back(Instant::now());
+        }
+        if let Some(r) = &mut self.reply {
+            r.text_complete = true;
+        }
+    }
+
+    fn synthesize_fallback(&mut self, id: ReplyId, text: String) {
+        let tts = self.deps.tts.clone();
+        let options = TtsOptions { voice: Some(self.setup.voice.clone()) };
+        self.synth.push(Box::pin(async move {
+            let result = tts.synthesize(text, options).await.map(|b| b.to_vec()).map_err(|e| e.to_string());
+            (id, result)
+        }));
+    }
+
+    async fn on_llm(&mut self, ev: Option<Result<LlmEvent, crate::services::llm::LlmError>>) {
+        let now = Instant::now();
+        if let Some(reply) = &mut self.reply {
+            if reply.llm_first_token.is_none() && ev.as_ref().is_some_and(|e| e.is_ok()) {
+                reply.llm_first_token = Some(now);
+                if let Some(req) = reply.llm_requested {
+                    self.deps.metrics.llm_first_token.observe(secs(now.saturating_duration_since(req)));
+                }
+            }
+        }
+        match ev {
+            Some(Ok(LlmEvent::TextDelta(delta))) => {
+                for sentence in self.splitter.push(&delta) {
+                    self.speak_sentence(sentence);
+                }
+            }
+            Some(Ok(LlmEvent::ToolCalls(calls))) => {
+                self.llm = None;
+                self.run_tools(calls).await;
+            }
+            Some(Ok(LlmEvent::Done { .. })) | None => {
+                self.llm = None;
+                if let Some(last) = self.splitter.finish() {
+                    self.speak_sentence(last);
+                }
+                self.complete_reply_text();
+                self.check_reply_heard().await;
+            }
+            Some(Err(e)) => {
+                self.llm = None;
+                self.deps.metrics.provider_error("llm", e.kind().as_str());
+                warn!(error = %e, "LLM failed; apologising");
+                self.splitter = SentenceSplitter::default();
+                let spoken = self.reply.as_ref().is_some_and(|r| !r.utterances.is_empty());
+                if !spoken {
+                    self.speak_sentence(APOLOGY.to_string());
+                }
+                self.complete_reply_text();
+                self.check_reply_heard().await;
+            }
+        }
+    }
+
+    async fn run_tools(&mut self, calls: Vec<crate::services::llm::ToolCall>) {
+        self.tool_rounds += 1;
+        self.context.push(ChatMessage::assistant_tool_calls(calls.clone()));
+        let mut then = Vec::new();
+        for call in &calls {
+            info!(tool = %call.name, "tool call");
+            let content = match self.persona.on_tool_call(&call.name, &call.arguments).await {
+                Ok(outcome) => {
+                    if outcome.then != Action::None {
+                        then.push(outcome.then);
+                    }
+                    outcome.content
+                }
+                Err(e) => serde_json::json!({ "error": e }).to_string(),
+            };
+            self.context.push(ChatMessage::tool_result(call.id.clone(), content));
+        }
+        match then.into_iter().next() {
+            // A tool that ends or transfers the call wins over further talk.
+            Some(action @ (Action::HangUp(_) | Action::Transfer(_))) => {
+                self.reply = None;
+                self.perform(action, None).await;
+            }
+            Some(Action::Say(text)) => {
+                self.reply = None;
+                self.context.push(ChatMessage::assistant(text.clone()));
+                self.say(&text, After::Listen).await;
+            }
+            Some(Action::SendDtmf(digits)) => {
+                self.emit(CallOutput::Audio(super::dtmf::tones(&digits))).await;
+                self.request_llm();
+            }
+            Some(Action::Prompt(p)) => {
+                self.context.push(ChatMessage::system(p));
+                self.request_llm();
+            }
+            Some(Action::None) | None => self.request_llm(),
+        }
+    }
+
+    async fn on_tts(&mut self, ev: TtsEvent) {
+        match ev {
+            TtsEvent::Audio { reply: id, audio, received_at } => {
+                let Some(reply) = &mut self.reply else { return };
+                let Some(u) = reply.utterance_mut(id) else { return };
+                if u.first_audio.is_none() {
+                    u.first_audio = Some(received_at.into_std());
+                    self.deps
+                        .metrics
+                        .tts_first_byte
+                        .observe(secs(received_at.into_std().saturating_duration_since(u.sent_at)));
+                }
+                self.emit(CallOutput::Audio(audio.to_vec())).await;
+            }
+            TtsEvent::Flushed { reply: id, .. } => {
+                if self.reply.as_ref().is_some_and(|r| r.owns(id)) {
+                    self.emit(CallOutput::Mark(mark_name(id))).await;
+                }
+            }
+            TtsEvent::Failed { replies, error } => {
+                self.deps.metrics.provider_error("tts", error.kind().as_str());
+                warn!(error = %error, "text-to-speech failed; retrying with one-shot synthesis");
+                let retry: Vec<(ReplyId, String)> = match &self.reply {
+                    Some(r) => r
+                        .utterances
+                        .iter()
+                        .filter(|u| replies.contains(&u.id) && u.first_audio.is_none())
+                        .map(|u| (u.id, u.text.clone()))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                for (id, text) in retry {
+                    self.synthesize_fallback(id, text);
+                }
+            }
+            TtsEvent::Disconnected { reason, kind } => {
+                self.deps.metrics.provider_error("tts", kind.as_str());
+                warn!(%reason, "text-to-speech dropped; reconnecting");
+            }
+            TtsEvent::Cleared { .. } | TtsEvent::Reconnected { .. } | TtsEvent::Warning { .. } => {}
+        }
+    }
+
+    async fn on_synthesized(&mut self, id: ReplyId, result: Result<Vec<u8>, String>) {
+        if !self.reply.as_ref().is_some_and(|r| r.owns(id)) {
+            return;
+        }
+        match result {
+            Ok(audio) => {
+                self.emit(CallOutput::Audio(audio)).await;
+                self.emit(CallOutput::Mark(mark_name(id))).await;
+            }
+            Err(e) => {
+                self.deps.metrics.provider_error("tts", "fallback");
+                warn!(error = %e, "text-to-speech retry failed too: ending the call");
+                self.ending = true;
+                self.reply = None;
+                self.emit(CallOutput::HangUp { reason: "text-to-speech unavailable".into() }).await;
+            }
+        }
+    }
+
+    async fn on_mark(&mut self, name: &str) {
+        let Some(id) = parse_mark(name) else { return };
+        if let Some(u) = self.reply.as_mut().and_then(|r| r.utterance_mut(id)) {
+            u.heard = true;
+        }
+        self.check_reply_heard().await;
+    }
+
+    /// Once the whole reply has been heard: record it and do what comes after.
+    async fn check_reply_heard(&mut self) {
+        if !self.reply.as_ref().is_some_and(Reply::all_heard) || self.llm.is_some() {
+            return;
+        }
+        let Some(reply) = self.reply.take() else { return };
+        let text = reply.full_text();
+        let latency = TurnLatency {
+            stt_final_ms: None,
+            llm_first_token_ms: ms_between(reply.llm_requested, reply.llm_first_token),
+            tts_first_byte_ms: reply.utterances.first().and_then(|u| ms_between(Some(u.sent_at), u.first_audio)),
+            voice_to_voice_ms: ms_between(reply.speech_ended, reply.first_audio_sent),
+        };
+        if !text.is_empty() {
+            let already =
+                matches!(self.context.last(), Some(ChatMessage::Assistant { content: Some(c), .. }) if *c == text);
+            if !already {
+                self.context.push(ChatMessage::assistant(text.clone()));
+            }
+            self.log_line("assistant", text, reply.started_ms, false, Some(latency));
+        }
+        match reply.after {
+            After::Listen => self.arm_idle(),
+            After::HangUp(reason) => self.emit(CallOutput::HangUp { reason }).await,
+            After::Transfer(to) => self.emit(CallOutput::Transfer { to }).await,
+        }
+    }
+
+    fn log_line(
+        &mut self,
+        role: &'static str,
+        text: String,
+        start_ms: u64,
+        interrupted: bool,
+        latency: Option<TurnLatency>,
+    ) {
+        self.transcript.push((role.to_string(), text.clone()));
+        let end_ms = self.now_ms();
+        if let Some(w) = &mut self.writer {
+            w.line(TranscriptLine { role, text, start_ms, end_ms, interrupted, latency });
+        }
+    }
+
+    // ----- call end -------------------------------------------------------------------------
+
+    async fn finish(mut self) {
+        if let Some(stt) = self.stt.take() {
+            stt.close();
+        }
+        if let Some(tts) = self.tts.take() {
+            tts.close();
+        }
+        let end_ms = self.now_ms();
+        if let Some(w) = self.writer.take() {
+            w.finish(end_ms).await;
+        }
+        let summary = CallSummary {
+            duration: self.started.elapsed(),
+            outcome: if self.ending { "bot_ended".into() } else { "caller_hung_up".into() },
+            transcript: std::mem::take(&mut self.transcript),
+        };
+        self.persona.on_call_end(&summary).await;
+        info!(turns = summary.transcript.len(), duration_s = summary.duration.as_secs_f64(), "conversation ended");
+    }
+}

@@ -1,0 +1,297 @@
+//! User turns: when the caller started and when they finished, from VAD edges, Smart Turn
+//! verdicts and STT transcripts. Pure logic over explicit instants, so every race (late finals,
+//! empty turns, speech resuming) is unit-tested without audio.
+//!
+//! Rules (the reference's user-turn strategies with Switchboard's defaults):
+//! - a turn opens at a VAD start, or at any transcript with text while no turn is open;
+//! - it ends when Smart Turn said *complete* (or its silence fallback did), some final text is
+//!   in hand, and that text answered our `Finalize` — or the STT wait after the VAD stop passed;
+//! - it never ends while VAD says the caller is speaking;
+//! - a turn opened by a transcript alone (VAD never heard it) counts as complete;
+//! - the watchdog force-ends an open turn after `stop_timeout` without any VAD or STT event.
+
+use std::time::{Duration, Instant};
+
+/// The STT p99 time-to-final the reference assumes; the wait after a VAD stop is this minus the
+/// VAD stop window (0.35 − 0.2 = 0.15 s with our defaults).
+pub const STT_P99: Duration = Duration::from_millis(350);
+
+/// What the tracker tells the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnSignal {
+    /// The caller started a turn (barge-in point).
+    Started,
+    /// The turn is over; `text` is its final transcripts joined (may be empty).
+    Ended { text: String },
+}
+
+#[derive(Debug, Clone)]
+struct OpenTurn {
+    vad_speaking: bool,
+    /// VAD took part in this turn (a start or stop was seen).
+    vad_seen: bool,
+    complete: bool,
+    finals: Vec<String>,
+    finalized: bool,
+    stt_deadline: Option<Instant>,
+    watchdog: Instant,
+}
+
+/// One call's user-turn state.
+#[derive(Debug, Clone)]
+pub struct TurnTracker {
+    vad_stop_window: Duration,
+    stop_timeout: Duration,
+    open: Option<OpenTurn>,
+}
+
+impl TurnTracker {
+    /// `vad_stop_window` is the VAD's stop_secs; `stop_timeout` the watchdog.
+    pub fn new(vad_stop_window: Duration, stop_timeout: Duration) -> Self {
+        Self { vad_stop_window, stop_timeout, open: None }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    fn stt_wait(&self) -> Duration {
+        STT_P99.saturating_sub(self.vad_stop_window)
+    }
+
+    fn open_turn(&mut self, now: Instant) -> &mut OpenTurn {
+        let watchdog = now + self.stop_timeout;
+        self.open.get_or_insert(OpenTurn {
+            vad_speaking: false,
+            vad_seen: false,
+            complete: false,
+            finals: Vec::new(),
+            finalized: false,
+            stt_deadline: None,
+            watchdog,
+        })
+    }
+
+    /// VAD heard speech start.
+    pub fn vad_start(&mut self, now: Instant) -> Option<TurnSignal> {
+        let started = self.open.is_none();
+        let timeout = self.stop_timeout;
+        let turn = self.open_turn(now);
+        turn.vad_speaking = true;
+        turn.vad_seen = true;
+        // Speech resumed: any earlier verdict is stale, the next stop re-runs the model.
+        turn.complete = false;
+        turn.stt_deadline = None;
+        turn.watchdog = now + timeout;
+        started.then_some(TurnSignal::Started)
+    }
+
+    /// VAD heard speech stop (the engine sends STT `Finalize` and runs Smart Turn now).
+    pub fn vad_stop(&mut self, now: Instant) {
+        let wait = self.stt_wait();
+        let timeout = self.stop_timeout;
+        if let Some(turn) = &mut self.open {
+            turn.vad_speaking = false;
+            turn.vad_seen = true;
+            turn.stt_deadline = Some(now + wait);
+            turn.watchdog = now + timeout;
+        }
+    }
+
+    /// Smart Turn's verdict for the segment ending at the last VAD stop (or its silence fallback).
+    pub fn verdict(&mut self, complete: bool, now: Instant) -> Option<TurnSignal> {
+        let timeout = self.stop_timeout;
+        let turn = self.open.as_mut()?;
+        if turn.vad_speaking {
+            return None; // the caller went on talking while the model ran
+        }
+        turn.complete = complete;
+        turn.watchdog = now + timeout;
+        self.poll(now)
+    }
+
+    /// A transcript from STT.
+    pub fn transcript(&mut self, text: &str, is_final: bool, from_finalize: bool, now: Instant) -> Option<TurnSignal> {
+        let text = text.trim();
+        let started = self.open.is_none() && !text.is_empty();
+        if self.open.is_none() && !started {
+            return None; // an empty result between turns carries nothing
+        }
+        let timeout = self.stop_timeout;
+        let wait = self.stt_wait();
+        let turn = self.open_turn(now);
+        turn.watchdog = now + timeout;
+        if is_final {
+            if !text.is_empty() {
+                turn.finals.push(text.to_string());
+            }
+            if from_finalize {
+                turn.finalized = true;
+            }
+            if !turn.vad_seen {
+                // VAD never heard this speech: the transcript alone decides the turn.
+                turn.complete = true;
+                turn.stt_deadline.get_or_insert(now + wait);
+            }
+        } else if !text.is_empty() {
+            turn.finalized = false;
+        }
+        if started {
+            return Some(TurnSignal::Started);
+        }
+        self.poll(now)
+    }
+
+    /// Ends the turn when its conditions hold at `now`.
+    pub fn poll(&mut self, now: Instant) -> Option<TurnSignal> {
+        let turn = self.open.as_ref()?;
+        if turn.vad_speaking {
+            return None;
+        }
+        let text_ready = !turn.finals.is_empty() && (turn.finalized || turn.stt_deadline.is_some_and(|d| now >= d));
+        // Our Finalize was answered with nothing: the caller said nothing recognisable.
+        let empty_ready = turn.finals.is_empty() && turn.finalized;
+        let done = (turn.complete && (text_ready || empty_ready)) || now >= turn.watchdog;
+        if !done {
+            return None;
+        }
+        let turn = self.open.take()?;
+        Some(TurnSignal::Ended { text: turn.finals.join(" ") })
+    }
+
+    /// The next instant `poll` may change its answer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let turn = self.open.as_ref()?;
+        if turn.vad_speaking {
+            return None; // VAD will report the stop; nothing times out while speaking
+        }
+        let stt = turn.stt_deadline.filter(|_| turn.complete && !turn.finals.is_empty() && !turn.finalized);
+        Some(stt.map_or(turn.watchdog, |d| d.min(turn.watchdog)))
+    }
+
+    /// Forgets any open turn (the call is ending).
+    pub fn reset(&mut self) {
+        self.open = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn tracker() -> TurnTracker {
+        TurnTracker::new(ms(200), ms(2000))
+    }
+
+    #[test]
+    fn finalized_text_and_complete_verdict_end_the_turn_at_once() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        assert_eq!(t.vad_start(t0), Some(TurnSignal::Started));
+        assert_eq!(t.transcript("what time", false, false, t0 + ms(300)), None);
+        t.vad_stop(t0 + ms(900));
+        assert_eq!(t.transcript("What time is it?", true, true, t0 + ms(950)), None, "no verdict yet");
+        assert_eq!(t.verdict(true, t0 + ms(960)), Some(TurnSignal::Ended { text: "What time is it?".into() }));
+        assert!(!t.is_open());
+    }
+
+    #[test]
+    fn a_final_without_finalize_waits_for_the_stt_window() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        t.vad_start(t0);
+        t.transcript("Yes.", true, false, t0 + ms(100));
+        t.vad_stop(t0 + ms(400));
+        assert_eq!(t.verdict(true, t0 + ms(450)), None, "might still get a finalized result");
+        assert_eq!(t.next_deadline(), Some(t0 + ms(550)));
+        assert_eq!(t.poll(t0 + ms(549)), None);
+        assert_eq!(t.poll(t0 + ms(550)), Some(TurnSignal::Ended { text: "Yes.".into() }));
+    }
+
+    #[test]
+    fn an_incomplete_verdict_keeps_the_turn_open_until_speech_resumes_and_completes() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        t.vad_start(t0);
+        t.vad_stop(t0 + ms(500));
+        t.transcript("I'd like to", true, true, t0 + ms(550));
+        assert_eq!(t.verdict(false, t0 + ms(560)), None);
+        assert_eq!(t.vad_start(t0 + ms(900)), None, "same turn");
+        t.vad_stop(t0 + ms(1500));
+        t.transcript("book a table.", true, true, t0 + ms(1550));
+        assert_eq!(
+            t.verdict(true, t0 + ms(1560)),
+            Some(TurnSignal::Ended { text: "I'd like to book a table.".into() })
+        );
+    }
+
+    #[test]
+    fn speech_while_the_model_ran_discards_the_verdict() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        t.vad_start(t0);
+        t.vad_stop(t0 + ms(500));
+        t.transcript("Hello", true, true, t0 + ms(520));
+        t.vad_start(t0 + ms(530));
+        assert_eq!(t.verdict(true, t0 + ms(540)), None);
+        assert!(t.is_open());
+    }
+
+    #[test]
+    fn an_empty_finalize_answer_ends_an_empty_turn() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        t.vad_start(t0);
+        t.vad_stop(t0 + ms(300));
+        t.verdict(true, t0 + ms(310));
+        assert_eq!(t.transcript("", true, true, t0 + ms(400)), Some(TurnSignal::Ended { text: String::new() }));
+    }
+
+    #[test]
+    fn the_watchdog_force_ends_a_quiet_turn() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        t.vad_start(t0);
+        t.vad_stop(t0 + ms(300));
+        t.verdict(false, t0 + ms(310));
+        assert_eq!(t.next_deadline(), Some(t0 + ms(2310)));
+        assert_eq!(t.poll(t0 + ms(2309)), None);
+        assert_eq!(t.poll(t0 + ms(2310)), Some(TurnSignal::Ended { text: String::new() }));
+    }
+
+    #[test]
+    fn never_ends_while_vad_says_speaking() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        t.vad_start(t0);
+        t.transcript("long story", true, true, t0 + ms(100));
+        assert_eq!(t.poll(t0 + ms(10_000)), None);
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_transcript_alone_opens_and_ends_a_turn() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        assert_eq!(t.transcript("", false, false, t0), None, "empty results open nothing");
+        assert_eq!(t.transcript("Yes", false, false, t0), Some(TurnSignal::Started));
+        assert_eq!(t.transcript("Yes.", true, false, t0 + ms(50)), None);
+        assert_eq!(t.poll(t0 + ms(200)), Some(TurnSignal::Ended { text: "Yes.".into() }));
+    }
+
+    #[test]
+    fn an_interim_after_finalize_clears_the_finalized_flag() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        t.vad_start(t0);
+        t.vad_stop(t0 + ms(300));
+        t.transcript("Okay.", true, true, t0 + ms(320));
+        t.transcript("and", false, false, t0 + ms(330));
+        assert_eq!(t.verdict(true, t0 + ms(340)), None, "more words are coming");
+        assert_eq!(t.poll(t0 + ms(450)), Some(TurnSignal::Ended { text: "Okay.".into() }));
+    }
+}

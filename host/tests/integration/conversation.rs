@@ -1,0 +1,445 @@
+//! The conversation engine end to end: the simulator calls a real server whose sessions run the
+//! real audio engine (RNNoise, Silero VAD, Smart Turn v3 through ONNX Runtime) against the
+//! Deepgram and Groq fakes, with speech clips made by espeak-ng.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use switchboard::audio::models::ModelPaths;
+use switchboard::audio::turn::{SmartTurnConfig, SmartTurnEngine, SmartTurnHandle};
+use switchboard::audio::vad::{VadEngine, VadEngineConfig};
+use switchboard::call::conversation::{Conversation, ConversationDeps};
+use switchboard::call::persona::{
+    Action, BuiltinPersona, CallSummary, HookFuture, Persona, PersonaProvider, PersonaSetup, ToolOutcome, ToolSpec,
+};
+use switchboard::call::CallInfo;
+use switchboard::config::Overrides;
+use switchboard::metrics::Metrics;
+use switchboard::services::llm::openai_compat::{OpenAiCompat, OpenAiCompatConfig};
+use switchboard::services::stt::deepgram::{DeepgramStt, DeepgramSttConfig};
+use switchboard::services::tts::deepgram::{DeepgramTts, DeepgramTtsConfig};
+use switchboard::sim::{simulate_call, CallPlan, CallReport, CallerAudio, DtmfEvent, Segmentation};
+
+use crate::fakes::deepgram_stt::{self, DropFault, DropMode, FakeDeepgramStt};
+use crate::fakes::deepgram_tts::{self, FakeDeepgramTts};
+use crate::fakes::groq::{self, FakeGroq, Reply};
+use crate::harness::{TestServer, ACCOUNT_SID, AUTH_TOKEN};
+use crate::support::twilio_rest::FakeTwilio;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conversation").join(name)
+}
+
+/// One Silero and one Smart Turn session for the whole test binary, as in the server.
+fn engines() -> (Arc<VadEngine>, SmartTurnHandle) {
+    static ENGINES: OnceLock<(Arc<VadEngine>, SmartTurnHandle)> = OnceLock::new();
+    ENGINES
+        .get_or_init(|| {
+            let paths = ModelPaths::in_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
+            paths.check().expect("models present: run `bash models/fetch.sh`");
+            let vad = VadEngine::start(&paths, VadEngineConfig::default()).expect("VAD engine");
+            let turn = SmartTurnEngine::start(&paths, SmartTurnConfig::default()).expect("Smart Turn engine");
+            let handle = turn.handle();
+            // The worker lives as long as a handle does.
+            std::mem::forget(turn);
+            (Arc::new(vad), handle)
+        })
+        .clone()
+}
+
+/// A persona for tests: the built-in one with a shorter idle timeout, optional tools, and a
+/// record of the hooks called.
+#[derive(Clone, Default)]
+struct TestPersona {
+    idle: Option<Duration>,
+    tools: Vec<ToolSpec>,
+    tool_result: String,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+struct TestPersonaCall {
+    cfg: TestPersona,
+    inner: BuiltinPersona,
+}
+
+impl PersonaProvider for TestPersona {
+    fn persona_for(&self, _call: &CallInfo) -> Box<dyn Persona> {
+        Box::new(TestPersonaCall { cfg: self.clone(), inner: BuiltinPersona::new() })
+    }
+}
+
+impl Persona for TestPersonaCall {
+    fn setup<'a>(&'a mut self, call: &'a CallInfo) -> HookFuture<'a, PersonaSetup> {
+        Box::pin(async move {
+            let mut setup = self.inner.setup(call).await;
+            if let Some(idle) = self.cfg.idle {
+                setup.idle.timeout = idle;
+            }
+            setup.tools = self.cfg.tools.clone();
+            setup
+        })
+    }
+    fn on_user_turn<'a>(&'a mut self, transcript: &'a str) -> HookFuture<'a, Action> {
+        self.cfg.calls.lock().unwrap().push(format!("turn:{transcript}"));
+        self.inner.on_user_turn(transcript)
+    }
+    fn on_idle(&mut self, attempt: u32) -> HookFuture<'_, Action> {
+        self.cfg.calls.lock().unwrap().push(format!("idle:{attempt}"));
+        self.inner.on_idle(attempt)
+    }
+    fn on_tool_call<'a>(
+        &'a mut self,
+        name: &'a str,
+        arguments: &'a str,
+    ) -> HookFuture<'a, Result<ToolOutcome, String>> {
+        self.cfg.calls.lock().unwrap().push(format!("tool:{name}:{arguments}"));
+        let content = self.cfg.tool_result.clone();
+        Box::pin(async move { Ok(ToolOutcome { content, then: Action::None }) })
+    }
+    fn on_dtmf<'a>(&'a mut self, digits: &'a str) -> HookFuture<'a, Action> {
+        self.cfg.calls.lock().unwrap().push(format!("dtmf:{digits}"));
+        self.inner.on_dtmf(digits)
+    }
+    fn on_call_end<'a>(&'a mut self, summary: &'a CallSummary) -> HookFuture<'a, ()> {
+        self.cfg.calls.lock().unwrap().push(format!("end:{}", summary.outcome));
+        self.inner.on_call_end(summary)
+    }
+}
+
+/// A server with the conversation engine and every provider faked.
+struct Rig {
+    server: TestServer,
+    stt: FakeDeepgramStt,
+    tts: FakeDeepgramTts,
+    groq: FakeGroq,
+    rest: FakeTwilio,
+    recordings: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start(persona: TestPersona) -> Rig {
+        let stt = FakeDeepgramStt::start().await;
+        let tts = FakeDeepgramTts::start().await;
+        let groq = FakeGroq::start().await;
+        let rest = FakeTwilio::start(ACCOUNT_SID, AUTH_TOKEN).await;
+        let recordings = tempfile::tempdir().unwrap();
+        let (vad, smart_turn) = engines();
+        let metrics = Arc::new(Metrics::new());
+        let conversation = Conversation::new(ConversationDeps {
+            vad,
+            smart_turn,
+            stt: Arc::new(DeepgramStt::new(DeepgramSttConfig::new(stt.base_url(), deepgram_stt::API_KEY))),
+            llm: Arc::new(OpenAiCompat::new(OpenAiCompatConfig::new(groq.base_url(), groq::API_KEY)).unwrap()),
+            tts: Arc::new(DeepgramTts::new(DeepgramTtsConfig::new(tts.base_url(), deepgram_tts::API_KEY)).unwrap()),
+            personas: Arc::new(persona),
+            metrics: metrics.clone(),
+            recordings_dir: recordings.path().to_path_buf(),
+        });
+        let env = [
+            ("TWILIO_ACCOUNT_SID", ACCOUNT_SID.to_string()),
+            ("TWILIO_AUTH_TOKEN", AUTH_TOKEN.to_string()),
+            ("TWILIO_API_BASE_URL", rest.base_url().to_string()),
+        ];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let server = TestServer::start_with_metrics(&env, Overrides::default(), Arc::new(conversation), metrics).await;
+        Rig { server, stt, tts, groq, rest, recordings }
+    }
+
+    fn plan(&self, clip: &str, hangup_after: Duration) -> CallPlan {
+        let audio = CallerAudio::from_wav_file(&fixture(clip), &Segmentation::default()).expect("clip");
+        let mut plan = CallPlan::new(format!("{}/", self.server.base).parse().unwrap(), Arc::new(audio));
+        plan.auth_token = Some(AUTH_TOKEN.into());
+        plan.account_sid = ACCOUNT_SID.into();
+        plan.hangup_after = hangup_after;
+        plan.record = Some(self.recordings.path().join("heard.wav"));
+        plan
+    }
+
+    /// Runs the call with the simulator, letting the fake REST end it when the bot hangs up.
+    async fn call(&self, mut plan: CallPlan) -> CallReport {
+        self.rest.seed_call(&plan.call_sid, &plan.from, &plan.to, "inbound", "in-progress");
+        plan.end_signal = Some(self.rest.end_signal(&plan.call_sid));
+        let report = simulate_call(&plan).await;
+        // Let the session finish its files.
+        for _ in 0..100 {
+            if self.server.state.drain.active() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        report
+    }
+
+    /// User and assistant messages of the n-th LLM request.
+    fn messages(&self, n: usize) -> Vec<(String, String)> {
+        let reqs = self.groq.requests();
+        reqs[n].body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let content = m["content"].as_str().unwrap_or_default().to_string();
+                (m["role"].as_str().unwrap_or_default().to_string(), content)
+            })
+            .collect()
+    }
+
+    fn transcript_lines(&self) -> Vec<serde_json::Value> {
+        let path = std::fs::read_dir(self.recordings.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .expect("a transcript file");
+        std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn spoken_texts(&self) -> Vec<String> {
+        self.tts.connections().iter().flat_map(|c| c.speaks.clone()).collect()
+    }
+}
+
+#[tokio::test]
+async fn greeting_then_three_turns_each_get_a_spoken_answer() {
+    let rig = Rig::start(TestPersona::default()).await;
+    rig.stt.script(&["What time is it?", "Tell me a joke.", "Thank you very much."]);
+    let report = rig.call(rig.plan("turns_8k.wav", Duration::from_secs(21))).await;
+    assert!(report.ok(), "{report:?}");
+    assert!(report.first_audio_ms.is_some(), "the greeting was heard");
+    let answered = report.turns.iter().filter(|t| t.latency_ms.is_some()).count();
+    assert_eq!(answered, 3, "three caller turns, three spoken answers: {:?}", report.turns);
+    assert_eq!(report.underruns, 0);
+    // The LLM saw: the greeting instruction, then each user turn in order.
+    let reqs = rig.groq.requests();
+    assert_eq!(reqs.len(), 4, "greeting + 3 turns");
+    assert_eq!(reqs[0].body["model"], "llama-3.3-70b-versatile");
+    let last = rig.messages(3);
+    let users: Vec<&str> = last.iter().filter(|(r, _)| r == "user").map(|(_, c)| c.as_str()).collect();
+    assert_eq!(users, ["What time is it?", "Tell me a joke.", "Thank you very much."]);
+    assert!(last[0].1.contains("Miss Harper"), "the built-in inbound prompt");
+    let assistants = last.iter().filter(|(r, _)| r == "assistant").count();
+    assert_eq!(assistants, 3, "greeting and two answers before the last request");
+    // Every answer was spoken through TTS.
+    let spoken = rig.spoken_texts().join(" ");
+    for t in ["What time is it?", "Tell me a joke.", "Thank you very much."] {
+        assert!(spoken.contains(&format!("You said: {t}")), "{spoken}");
+    }
+    // The transcript on disk matches.
+    let lines = rig.transcript_lines();
+    let roles: Vec<&str> = lines.iter().map(|l| l["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["assistant", "user", "assistant", "user", "assistant", "user", "assistant"]);
+    assert_eq!(lines[1]["text"], "What time is it?");
+    assert!(lines[2]["latency"]["voice_to_voice_ms"].as_f64().is_some(), "{:?}", lines[2]);
+    // The server's recording lines up with what the simulated caller sent and heard.
+    assert_recording_aligned(&rig);
+    // And /metrics has the per-turn latencies.
+    let metrics = reqwest::get(format!("{}/metrics", rig.server.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("switchboard_voice_to_voice_seconds_count 3"), "{metrics}");
+    assert!(metrics.contains("switchboard_llm_first_token_seconds_count 4"), "{metrics}");
+}
+
+#[tokio::test]
+async fn barge_in_clears_and_keeps_only_what_was_heard() {
+    let rig = Rig::start(TestPersona::default()).await;
+    // A long greeting: six sentences, ~60 ms of audio per character.
+    let long = "Hello and welcome to the school line. I am Miss Harper and I teach the second grade. \
+                Today we will talk about the planets of the solar system. The sun is a star at the centre. \
+                Mercury is the closest planet to the sun. Venus is the hottest planet of them all.";
+    rig.groq.script([Reply::Text(long.into())]);
+    rig.stt.script(&["Wait, stop please."]);
+    let report = rig.call(rig.plan("barge_8k.wav", Duration::from_secs(10))).await;
+    assert!(report.ok(), "{report:?}");
+    assert!(report.clears >= 1, "the bot was told to stop: {report:?}");
+    let reqs = rig.groq.requests();
+    assert!(reqs.len() >= 2, "an answer to the interruption");
+    let msgs = rig.messages(1);
+    let assistant = msgs.iter().find(|(r, _)| r == "assistant").map(|(_, c)| c.clone()).unwrap_or_default();
+    assert!(!assistant.contains("Venus"), "the unheard end is not in the context: {assistant:?}");
+    assert!(
+        assistant.starts_with("Hello and welcome"),
+        "the sentences heard before the barge-in are kept: {assistant:?}"
+    );
+    assert!(long.starts_with(assistant.trim()), "what was kept is what was heard: {assistant:?}");
+    assert!(msgs.iter().any(|(r, c)| r == "user" && c == "Wait, stop please."));
+    let lines = rig.transcript_lines();
+    assert!(lines.iter().any(|l| l["role"] == "assistant" && l["interrupted"] == true), "{lines:?}");
+}
+
+#[tokio::test]
+async fn idle_escalation_says_goodbye_and_hangs_up_via_rest() {
+    let persona = TestPersona { idle: Some(Duration::from_millis(700)), ..Default::default() };
+    let calls = persona.calls.clone();
+    let rig = Rig::start(persona).await;
+    let audio_secs = Duration::from_secs(30);
+    let report = rig.call(rig.plan("turns_8k.wav", audio_secs).clone_silent()).await;
+    assert!(report.ok(), "{report:?}");
+    let idle: Vec<String> = calls.lock().unwrap().iter().filter(|c| c.starts_with("idle:")).cloned().collect();
+    assert_eq!(idle, ["idle:1", "idle:2", "idle:3", "idle:4"], "three prompts, then the goodbye");
+    let carry_on = rig.messages(rig.groq.requests().len() - 1).iter().filter(|(_, c)| c.contains("Carry on")).count();
+    assert_eq!(carry_on, 3);
+    assert!(rig.spoken_texts().iter().any(|t| t.contains("Goodbye")), "{:?}", rig.spoken_texts());
+    let hangup = rig.rest.requests().into_iter().find(|r| r.field("Status") == Some("completed"));
+    assert!(hangup.is_some(), "hung up via REST: {:?}", rig.rest.requests());
+    assert!(report.duration_ms < 25_000.0, "the bot ended the call, not the caller: {}", report.duration_ms);
+}
+
+/// Stereo samples of a WAV as (left, right).
+fn channels(path: &std::path::Path) -> (Vec<i16>, Vec<i16>) {
+    let mut r = hound::WavReader::open(path).unwrap();
+    assert_eq!((r.spec().channels, r.spec().sample_rate, r.spec().bits_per_sample), (2, 8000, 16));
+    let s: Vec<i16> = r.samples::<i16>().map(|x| x.unwrap()).collect();
+    (s.iter().step_by(2).copied().collect(), s.iter().skip(1).step_by(2).copied().collect())
+}
+
+/// Frame energies (20 ms).
+fn energy(x: &[i16]) -> Vec<f64> {
+    x.chunks(160).map(|c| c.iter().map(|&v| (v as f64).powi(2)).sum::<f64>()).collect()
+}
+
+/// The shift of `b` against `a` (in 20 ms frames) that best matches their energy envelopes.
+fn best_lag(a: &[f64], b: &[f64], max: i64) -> i64 {
+    let score = |lag: i64| -> f64 {
+        let mut sum = 0.0;
+        for (i, &x) in a.iter().enumerate() {
+            let j = i as i64 + lag;
+            if j >= 0 && (j as usize) < b.len() {
+                sum += x.sqrt() * b[j as usize].sqrt();
+            }
+        }
+        sum
+    };
+    (-max..=max).max_by(|&x, &y| score(x).total_cmp(&score(y))).unwrap()
+}
+
+fn assert_recording_aligned(rig: &Rig) {
+    let dir = rig.recordings.path();
+    let server = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "wav") && p.file_name().unwrap() != "heard.wav")
+        .expect("the server's recording");
+    assert!(server.file_name().unwrap().to_string_lossy().starts_with("CA"), "named by call sid: {server:?}");
+    let (srv_caller, srv_bot) = channels(&server);
+    let (sim_caller, sim_bot) = channels(&dir.join("heard.wav"));
+    let (ec, eb) = (energy(&srv_caller), energy(&srv_bot));
+    assert!(ec.iter().any(|&e| e > 1e7) && eb.iter().any(|&e| e > 1e7), "both parties are in the recording");
+    let caller_lag = best_lag(&energy(&sim_caller), &ec, 25);
+    let bot_lag = best_lag(&energy(&sim_bot), &eb, 25);
+    assert!(caller_lag.abs() <= 2, "caller track aligned within 40 ms (lag {caller_lag} frames)");
+    assert!(bot_lag.abs() <= 3, "bot track aligned within 60 ms (lag {bot_lag} frames)");
+    assert!((caller_lag - bot_lag).abs() <= 3, "the two tracks agree with each other");
+}
+
+trait SilentPlan {
+    fn clone_silent(self) -> CallPlan;
+}
+
+impl SilentPlan for CallPlan {
+    /// The same call with a caller who never speaks.
+    fn clone_silent(mut self) -> CallPlan {
+        let silence = vec![0i16; 8000];
+        self.caller = Arc::new(CallerAudio::from_pcm(&silence, 8000, &Segmentation::default()).unwrap());
+        self
+    }
+}
+
+#[tokio::test]
+async fn a_tool_call_round_trips_through_the_persona() {
+    let persona = TestPersona {
+        tools: vec![ToolSpec {
+            name: "get_time".into(),
+            description: "The current time".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {"zone": {"type": "string"}}}),
+        }],
+        tool_result: r#"{"time":"12:00"}"#.into(),
+        ..Default::default()
+    };
+    let calls = persona.calls.clone();
+    let rig = Rig::start(persona).await;
+    rig.groq.script([
+        Reply::Text("Hello!".into()),
+        Reply::ToolCalls(vec![("get_time".into(), r#"{"zone":"UTC"}"#.into())]),
+        Reply::Text("It is noon.".into()),
+    ]);
+    rig.stt.script(&["What time is it?"]);
+    let report = rig.call(rig.plan("turns_8k.wav", Duration::from_secs(9))).await;
+    assert!(report.ok(), "{report:?}");
+    assert!(
+        calls.lock().unwrap().iter().any(|c| c == r#"tool:get_time:{"zone":"UTC"}"#),
+        "{:?}",
+        calls.lock().unwrap()
+    );
+    let reqs = rig.groq.requests();
+    assert!(reqs[1].body["tools"][0]["function"]["name"] == "get_time", "tools offered: {}", reqs[1].body);
+    let tool_msg = reqs[2].body["messages"].as_array().unwrap().iter().find(|m| m["role"] == "tool").cloned();
+    assert_eq!(tool_msg.expect("tool result sent back")["content"], r#"{"time":"12:00"}"#);
+    assert!(rig.spoken_texts().iter().any(|t| t.contains("It is noon.")));
+}
+
+#[tokio::test]
+async fn a_dtmf_digit_reaches_the_persona_and_the_context() {
+    let persona = TestPersona::default();
+    let calls = persona.calls.clone();
+    let rig = Rig::start(persona).await;
+    let mut plan = rig.plan("turns_8k.wav", Duration::from_secs(6)).clone_silent();
+    plan.dtmf = vec!["2:5".parse::<DtmfEvent>().unwrap()];
+    let report = rig.call(plan).await;
+    assert!(report.ok(), "{report:?}");
+    assert!(calls.lock().unwrap().iter().any(|c| c == "dtmf:5"));
+    let reqs = rig.groq.requests();
+    assert!(reqs.len() >= 2);
+    let msgs = rig.messages(1);
+    assert!(msgs.iter().any(|(r, c)| r == "user" && c.contains("pressed 5")), "{msgs:?}");
+}
+
+#[tokio::test]
+async fn stt_drop_and_llm_500_are_survived() {
+    let rig = Rig::start(TestPersona::default()).await;
+    rig.stt.script(&["What time is it?", "Tell me a joke.", "Thank you very much."]);
+    // The greeting's LLM request fails with a 500; the STT socket drops after 4 s of audio.
+    rig.groq.push_fault(groq::Fault::server_error());
+    rig.stt.arm_drop(DropFault { after_audio: Duration::from_secs(4), mode: DropMode::Abrupt });
+    let report = rig.call(rig.plan("turns_8k.wav", Duration::from_secs(21))).await;
+    assert!(report.ok(), "{report:?}");
+    let spoken = rig.spoken_texts();
+    assert!(spoken[0].starts_with("Sorry, I had a problem"), "an apology instead of silence: {spoken:?}");
+    assert!(rig.stt.attempts().len() >= 2, "STT reconnected after the drop");
+    let all = spoken.join(" ");
+    assert!(all.contains("You said: Thank you very much."), "later turns still answered: {all}");
+    let metrics = reqwest::get(format!("{}/metrics", rig.server.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("provider=\"llm\",kind=\"server\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_hanging_tts_is_retried_with_one_shot_synthesis() {
+    let rig = Rig::start(TestPersona::default()).await;
+    rig.tts.configure(|s| s.hang = true);
+    let report = rig.call(rig.plan("turns_8k.wav", Duration::from_secs(9)).clone_silent()).await;
+    assert!(report.ok(), "{report:?}");
+    assert!(!rig.tts.rest_requests().is_empty(), "the greeting went through the REST fallback");
+    assert!(report.first_audio_ms.is_some(), "and was heard: {report:?}");
+}
+
+/// Voice-to-voice latency over 21 turns with zero-delay fakes, as the simulator measures it (end
+/// of the caller's utterance in the clip → first bot audio). A measurement, not a test:
+/// `cargo test --test integration measure_voice_to_voice -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_voice_to_voice() {
+    let rig = Rig::start(TestPersona::default()).await;
+    rig.stt.configure(|s| s.fallback = "Hello there.".into());
+    let mut latencies = Vec::new();
+    for _ in 0..7 {
+        let mut plan = rig.plan("turns_8k.wav", Duration::from_secs(21));
+        plan.record = None;
+        let report = rig.call(plan).await;
+        latencies.extend(report.turns.iter().filter_map(|t| t.latency_ms));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    eprintln!("turns: {} p50: {:.1} ms p95: {:.1} ms max: {:.1} ms", latencies.len(), pct(0.5), pct(0.95), pct(1.0));
+    let metrics = reqwest::get(format!("{}/metrics", rig.server.base)).await.unwrap().text().await.unwrap();
+    for line in metrics.lines().filter(|l| l.contains("_seconds_sum") || l.contains("_seconds_count")) {
+        eprintln!("{line}");
+    }
+}
