@@ -443,3 +443,76 @@ async fn measure_voice_to_voice() {
         eprintln!("{line}");
     }
 }
+
+fn proc_cpu_secs() -> f64 {
+    // utime + stime of this process, in clock ticks (100 Hz on Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+}
+
+fn proc_rss_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Load: `LOAD_CALLS` (default 50) concurrent conversations of 21 s, driven by the real
+/// `switchboard simulate` in a child process against this process's server and fakes. Prints
+/// the server side's CPU per call-minute and RSS per call, and the simulator's view (underruns,
+/// turn latency). A measurement, not a test:
+/// `LOAD_CALLS=100 cargo test --test integration measure_load -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_load() {
+    let calls: usize = std::env::var("LOAD_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let rig = Rig::start(TestPersona::default()).await;
+    rig.stt.configure(|s| s.fallback = "Tell me something.".into());
+    // Warm up: models loaded, one call through.
+    let mut warm = rig.plan("turns_8k.wav", Duration::from_secs(4));
+    warm.record = None;
+    rig.call(warm).await;
+    let rss0 = proc_rss_kb("VmRSS:");
+    let cpu0 = proc_cpu_secs();
+    let peak_rss = Arc::new(std::sync::atomic::AtomicU64::new(rss0));
+    let sampler = {
+        let peak = peak_rss.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(proc_rss_kb("VmRSS:"), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["simulate", "--server", &rig.server.base, "--caller"])
+        .arg(fixture("turns_8k.wav"))
+        .args(["--calls", &calls.to_string(), "--ramp", "5", "--hangup-after", "21"])
+        .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+        .env("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+        .output()
+        .await
+        .expect("simulate runs");
+    sampler.abort();
+    let cpu = proc_cpu_secs() - cpu0;
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("simulate summary");
+    let agg = &summary["aggregate"];
+    let call_minutes = calls as f64 * 21.0 / 60.0;
+    let peak = peak_rss.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "calls {calls}: server+fakes CPU {cpu:.1} s = {:.3} CPU-s per call-minute; RSS {} MB -> peak {} MB = {:.2} MB per call",
+        cpu / call_minutes,
+        rss0 / 1024,
+        peak / 1024,
+        (peak.saturating_sub(rss0)) as f64 / 1024.0 / calls as f64
+    );
+    eprintln!(
+        "simulator: completed {} failed {} underruns {} late ticks {} turn latency {} first audio {}",
+        agg["completed"],
+        agg["failed"],
+        agg["underruns"],
+        agg["late_ticks"],
+        agg["turn_latency_ms"],
+        agg["first_audio_ms"]
+    );
+}

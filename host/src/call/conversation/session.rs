@@ -630,7 +630,7 @@ impl Session {
         while self.flushes.front().is_some_and(|t| now.duration_since(*t) > FLUSH_WINDOW) {
             self.flushes.pop_front();
         }
-        if let (Some(id), Some(tts)) = (self.open_unit, &self.tts) {
+        if let (Some(id), Some(tts)) = (self.open_unit, self.tts.as_ref().filter(|t| t.is_open())) {
             // Over budget: this sentence joins the reply's open unit.
             tts.speak(id, text.clone());
             if let Some(u) = self.reply.as_mut().and_then(|r| r.utterance_mut(id)) {
@@ -644,7 +644,8 @@ impl Session {
         if let Some(reply) = &mut self.reply {
             reply.utterances.push(Utterance { id, text: text.clone(), sent_at: now, first_audio: None, heard: false });
         }
-        match &self.tts {
+        // A stream that failed for good (e.g. a revoked key) takes no more text: synthesize instead.
+        match self.tts.as_ref().filter(|t| t.is_open()) {
             Some(tts) => {
                 tts.speak(id, text);
                 if self.flushes.len() < FLUSH_BUDGET {
