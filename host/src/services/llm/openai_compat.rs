@@ -266,7 +266,8 @@ impl Completion {
         }
         let before = self.queue.len();
         self.reply.on_chunk(chunk, &mut self.queue)?;
-        if self.queue.len() > before || self.reply.finish.is_some() {
+        // Text, a finish, or a tool call being streamed all count as the model answering.
+        if self.queue.len() > before || self.reply.finish.is_some() || !self.reply.tool_calls.is_empty() {
             self.got_first = true;
         }
         Ok(false)

@@ -68,6 +68,15 @@ impl Playout {
         self.queue.push_back(Queued::Mark(name));
     }
 
+    /// Sends out a trailing partial frame (padded with silence) even though no mark follows it:
+    /// used when the session has ended, so its last words still play and the call can end.
+    pub fn pad_partial(&mut self) {
+        if !self.partial.is_empty() {
+            self.partial.resize(FRAME_SAMPLES, MULAW_SILENCE);
+            self.flush_partial();
+        }
+    }
+
     fn flush_partial(&mut self) {
         let mut frame = [MULAW_SILENCE; FRAME_SAMPLES];
         frame[..self.partial.len()].copy_from_slice(&self.partial);
@@ -164,6 +173,19 @@ mod tests {
         p.push_audio(&[1u8; FRAME_SAMPLES]);
         let Some(Due::Frame { plays_at, .. }) = p.pop_due(t0 + Duration::from_millis(10)) else { panic!() };
         assert_eq!(plays_at, t0 + Duration::from_millis(10), "clock restarts after clear");
+    }
+
+    #[test]
+    fn a_trailing_partial_frame_can_be_padded_out_without_a_mark() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(Duration::from_millis(100));
+        p.push_audio(&[3u8; 100]);
+        assert!(drain(&mut p, t0).is_empty(), "a partial frame waits for more audio or a mark");
+        assert!(p.is_active(t0));
+        p.pad_partial();
+        let out = drain(&mut p, t0);
+        assert_eq!(out.len(), 1);
+        assert!(!p.is_active(t0 + FRAME), "played out: the call may end");
     }
 
     #[test]

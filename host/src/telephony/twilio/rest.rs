@@ -1,5 +1,5 @@
-//! The slice of Twilio's REST API (2010-04-01) a voice host needs: fetch, create, update calls and
-//! start a recording. Basic auth (account sid : auth token), form-encoded bodies, JSON answers.
+//! The slice of Twilio's REST API (2010-04-01) a voice host needs: fetch, create and update calls
+//! (hang up, redirect to new TwiML). Basic auth (account sid : auth token), form-encoded bodies, JSON answers.
 //! The base URL is configurable so tests run against a fake on loopback.
 
 use std::time::Duration;

@@ -298,7 +298,10 @@ where
                     t.transfer(&to).await;
                     break Outcome::Transferred(to);
                 }
-                None => session_done = true,
+                None => {
+                    session_done = true;
+                    t.playout.pad_partial();
+                }
             },
             _ = sleep_until_opt(next_due) => {
                 if t.send_due(&mut outgoing).await.is_err() {
@@ -307,6 +310,7 @@ where
             }
             res = &mut session, if !session_done => {
                 session_done = true;
+                t.playout.pad_partial();
                 if let Err(e) = res {
                     warn!(error = %e, "session task failed");
                     break Outcome::Failed(format!("session failed: {e}"));
