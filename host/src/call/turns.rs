@@ -79,8 +79,10 @@ impl TurnTracker {
         let turn = self.open_turn(now);
         turn.vad_speaking = true;
         turn.vad_seen = true;
-        // Speech resumed: any earlier verdict is stale, the next stop re-runs the model.
+        // Speech resumed: any earlier verdict is stale, the next stop re-runs the model, and a
+        // finalized result no longer covers everything said (Pipecat clears it here too).
         turn.complete = false;
+        turn.finalized = false;
         turn.stt_deadline = None;
         turn.watchdog = now + timeout;
         started.then_some(TurnSignal::Started)
@@ -225,6 +227,24 @@ mod tests {
         t.transcript("book a table.", true, true, t0 + ms(1550));
         assert_eq!(
             t.verdict(true, t0 + ms(1560)),
+            Some(TurnSignal::Ended { text: "I'd like to book a table.".into() })
+        );
+    }
+
+    #[test]
+    fn resumed_speech_needs_a_new_finalized_result() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        t.vad_start(t0);
+        t.vad_stop(t0 + ms(500));
+        t.transcript("I'd like to", true, true, t0 + ms(520));
+        assert_eq!(t.verdict(false, t0 + ms(530)), None);
+        t.vad_start(t0 + ms(800));
+        t.vad_stop(t0 + ms(1500));
+        // Complete, but the words after the pause have not come back yet: wait for them.
+        assert_eq!(t.verdict(true, t0 + ms(1540)), None);
+        assert_eq!(
+            t.transcript("book a table.", true, true, t0 + ms(1560)),
             Some(TurnSignal::Ended { text: "I'd like to book a table.".into() })
         );
     }

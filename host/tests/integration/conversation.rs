@@ -27,12 +27,12 @@ use crate::fakes::groq::{self, FakeGroq, Reply};
 use crate::harness::{TestServer, ACCOUNT_SID, AUTH_TOKEN};
 use crate::support::twilio_rest::FakeTwilio;
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conversation").join(name)
 }
 
 /// One Silero and one Smart Turn session for the whole test binary, as in the server.
-fn engines() -> (Arc<VadEngine>, SmartTurnHandle) {
+pub(crate) fn engines() -> (Arc<VadEngine>, SmartTurnHandle) {
     static ENGINES: OnceLock<(Arc<VadEngine>, SmartTurnHandle)> = OnceLock::new();
     ENGINES
         .get_or_init(|| {
@@ -55,6 +55,8 @@ struct TestPersona {
     idle: Option<Duration>,
     tools: Vec<ToolSpec>,
     tool_result: String,
+    /// What the tool asks for after its result (default: nothing).
+    tool_then: Option<Action>,
     calls: Arc<Mutex<Vec<String>>>,
 }
 
@@ -95,7 +97,8 @@ impl Persona for TestPersonaCall {
     ) -> HookFuture<'a, Result<ToolOutcome, String>> {
         self.cfg.calls.lock().unwrap().push(format!("tool:{name}:{arguments}"));
         let content = self.cfg.tool_result.clone();
-        Box::pin(async move { Ok(ToolOutcome { content, then: Action::None }) })
+        let then = self.cfg.tool_then.clone().unwrap_or(Action::None);
+        Box::pin(async move { Ok(ToolOutcome { content, then }) })
     }
     fn on_dtmf<'a>(&'a mut self, digits: &'a str) -> HookFuture<'a, Action> {
         self.cfg.calls.lock().unwrap().push(format!("dtmf:{digits}"));
@@ -374,6 +377,31 @@ async fn a_tool_call_round_trips_through_the_persona() {
     let tool_msg = reqs[2].body["messages"].as_array().unwrap().iter().find(|m| m["role"] == "tool").cloned();
     assert_eq!(tool_msg.expect("tool result sent back")["content"], r#"{"time":"12:00"}"#);
     assert!(rig.spoken_texts().iter().any(|t| t.contains("It is noon.")));
+}
+
+#[tokio::test]
+async fn a_tool_that_ends_the_call_says_goodbye_and_hangs_up_once_heard() {
+    let persona = TestPersona {
+        tools: vec![ToolSpec {
+            name: "end_call".into(),
+            description: "End the call".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {}}),
+        }],
+        tool_result: r#"{"ok":true}"#.into(),
+        tool_then: Some(Action::HangUp(Some("Goodbye now.".into()))),
+        ..Default::default()
+    };
+    let rig = Rig::start(persona).await;
+    rig.groq.script([Reply::Text("Hi there.".into()), Reply::ToolCalls(vec![("end_call".into(), "{}".into())])]);
+    rig.stt.script(&["Please hang up."]);
+    let report = rig.call(rig.plan("turns_8k.wav", Duration::from_secs(15))).await;
+    assert!(report.ok(), "{report:?}");
+    assert!(rig.spoken_texts().iter().any(|t| t.contains("Goodbye now.")), "the goodbye was spoken");
+    let goodbye_heard = report.marks.iter().filter_map(|m| m.echoed_ms).fold(0.0, f64::max);
+    let hangup = rig.rest.requests().into_iter().find(|r| r.field("Status") == Some("completed"));
+    assert!(hangup.is_some(), "hung up via REST after the goodbye");
+    assert!(goodbye_heard > 0.0, "the goodbye's mark came back (it was heard) before the call ended");
+    assert!(report.duration_ms < 14_000.0, "the bot ended the call, not the caller: {}", report.duration_ms);
 }
 
 #[tokio::test]

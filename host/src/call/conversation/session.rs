@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -33,6 +34,8 @@ use crate::services::tts::{ReplyId, TtsEvent, TtsHandle, TtsOptions};
 const APOLOGY: &str = "Sorry, I had a problem just now. Could you say that again?";
 /// Said when a turn had no words and interrupted the bot (the reference's empty-turn recovery).
 const EMPTY_TURN_PROMPT: &str = "The user may have said something that was not understood. Briefly ask them to repeat.";
+/// One-shot syntheses failing in a row before the call is ended.
+const MAX_SYNTH_FAILURES: u32 = 3;
 /// Tool-call rounds per reply before the LLM must answer in words.
 const MAX_TOOL_ROUNDS: u32 = 5;
 /// Deepgram accepts 20 `Flush` per 60 s on a socket; keep a margin. Under the budget every
@@ -65,7 +68,9 @@ struct Session {
     llm: Option<LlmStream>,
     splitter: SentenceSplitter,
     tool_rounds: u32,
-    synth: Vec<SynthFuture>,
+    /// One-shot syntheses, delivered in the order they were asked for.
+    synth: FuturesOrdered<SynthFuture>,
+    synth_failures: u32,
     next_unit: u64,
     flushes: std::collections::VecDeque<Instant>,
     /// A unit collecting sentences without a flush (over the flush budget).
@@ -158,7 +163,8 @@ pub(super) async fn run(deps: Arc<ConversationDeps>, info: CallInfo, mut io: Ses
         llm: None,
         splitter: SentenceSplitter::default(),
         tool_rounds: 0,
-        synth: Vec::new(),
+        synth: FuturesOrdered::new(),
+        synth_failures: 0,
         next_unit: 1,
         flushes: std::collections::VecDeque::new(),
         open_unit: None,
@@ -221,21 +227,12 @@ async fn verdict_opt(fut: &mut Option<VerdictFuture>) -> Result<TurnVerdict, Tur
     }
 }
 
-/// The first one-shot synthesis to finish.
-async fn next_synth(futs: &mut Vec<SynthFuture>) -> (ReplyId, Result<Vec<u8>, String>) {
-    if futs.is_empty() {
-        return std::future::pending().await;
+/// The next one-shot synthesis, in request order.
+async fn next_synth(futs: &mut FuturesOrdered<SynthFuture>) -> (ReplyId, Result<Vec<u8>, String>) {
+    match futs.next().await {
+        Some(out) => out,
+        None => std::future::pending().await,
     }
-    std::future::poll_fn(|cx| {
-        for i in 0..futs.len() {
-            if let std::task::Poll::Ready(out) = futs[i].as_mut().poll(cx) {
-                drop(futs.swap_remove(i));
-                return std::task::Poll::Ready(out);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -459,7 +456,7 @@ impl Session {
         let Some(reply) = self.reply.take() else { return false };
         self.llm = None;
         self.splitter = SentenceSplitter::default();
-        self.synth.clear();
+        self.synth = FuturesOrdered::new();
         self.open_unit = None;
         if let Some(tts) = &self.tts {
             tts.clear();
@@ -491,6 +488,8 @@ impl Session {
         }
         self.recovered_empty_turn = false;
         info!(text = %text, "user turn");
+        // A reply started meanwhile (e.g. by a keypress during the turn) gives way.
+        self.barge_in().await;
         self.log_line("user", text.clone(), start, false, None);
         if self.ending {
             return;
@@ -552,10 +551,7 @@ impl Session {
     async fn perform(&mut self, action: Action, speech_ended: Option<Instant>) {
         match action {
             Action::None => self.start_llm_reply(speech_ended),
-            Action::Say(text) => {
-                self.context.push(ChatMessage::assistant(text.clone()));
-                self.say(&text, After::Listen).await;
-            }
+            Action::Say(text) => self.say(&text, After::Listen).await,
             Action::Prompt(instruction) => {
                 self.context.push(ChatMessage::system(instruction));
                 self.start_llm_reply(speech_ended);
@@ -575,7 +571,18 @@ impl Session {
                     Some(text) if !text.trim().is_empty() => {
                         self.say(&text, After::HangUp("goodbye".into())).await;
                     }
-                    _ => self.emit(CallOutput::HangUp { reason: "persona ended the call".into() }).await,
+                    _ => {
+                        let reason = "persona ended the call".to_string();
+                        if let Some(reply) = &mut self.reply {
+                            // Let what is already queued play out first.
+                            reply.after = After::HangUp(reason);
+                            self.llm = None;
+                            self.complete_reply_text();
+                            self.check_reply_heard().await;
+                        } else {
+                            self.emit(CallOutput::HangUp { reason }).await;
+                        }
+                    }
                 }
             }
         }
@@ -606,12 +613,24 @@ impl Session {
         self.llm = Some(self.deps.llm.stream_chat(request));
     }
 
-    /// Speaks a fixed text as its own reply.
+    /// Speaks a fixed text: appended to the reply in progress (so what was already said plays
+    /// first), or as a reply of its own. `after` replaces what follows the reply unless it is
+    /// `Listen`.
     async fn say(&mut self, text: &str, after: After) {
         self.idle_deadline = None;
         self.llm = None;
-        self.open_unit = None;
-        self.reply = Some(Reply::new(after, None, self.now_ms()));
+        self.splitter = SentenceSplitter::default();
+        match &mut self.reply {
+            Some(reply) => {
+                if after != After::Listen {
+                    reply.after = after;
+                }
+            }
+            None => {
+                self.open_unit = None;
+                self.reply = Some(Reply::new(after, None, self.now_ms()));
+            }
+        }
         let mut splitter = SentenceSplitter::default();
         let mut sentences = splitter.push(text);
         sentences.extend(splitter.finish());
@@ -673,7 +692,7 @@ impl Session {
     fn synthesize_fallback(&mut self, id: ReplyId, text: String) {
         let tts = self.deps.tts.clone();
         let options = TtsOptions { voice: Some(self.setup.voice.clone()) };
-        self.synth.push(Box::pin(async move {
+        self.synth.push_back(Box::pin(async move {
             let result = tts.synthesize(text, options).await.map(|b| b.to_vec()).map_err(|e| e.to_string());
             (id, result)
         }));
@@ -697,6 +716,17 @@ impl Session {
             }
             Some(Ok(LlmEvent::ToolCalls(calls))) => {
                 self.llm = None;
+                // Words before the tool call are a sentence of their own.
+                if let Some(before) = self.splitter.finish() {
+                    self.speak_sentence(before);
+                }
+                if self.tool_rounds >= MAX_TOOL_ROUNDS {
+                    warn!(rounds = self.tool_rounds, "the LLM keeps calling tools; answering with an apology");
+                    self.speak_sentence(APOLOGY.to_string());
+                    self.complete_reply_text();
+                    self.check_reply_heard().await;
+                    return;
+                }
                 self.run_tools(calls).await;
             }
             Some(Ok(LlmEvent::Done { .. })) | None => {
@@ -741,14 +771,8 @@ impl Session {
         }
         match then.into_iter().next() {
             // A tool that ends or transfers the call wins over further talk.
-            Some(action @ (Action::HangUp(_) | Action::Transfer(_))) => {
-                self.reply = None;
+            Some(action @ (Action::HangUp(_) | Action::Transfer(_) | Action::Say(_))) => {
                 self.perform(action, None).await;
-            }
-            Some(Action::Say(text)) => {
-                self.reply = None;
-                self.context.push(ChatMessage::assistant(text.clone()));
-                self.say(&text, After::Listen).await;
             }
             Some(Action::SendDtmf(digits)) => {
                 self.emit(CallOutput::Audio(super::dtmf::tones(&digits))).await;
@@ -796,6 +820,19 @@ impl Session {
                 for (id, text) in retry {
                     self.synthesize_fallback(id, text);
                 }
+                // Utterances cut mid-way will get no Flushed: mark them after what did arrive.
+                let partial: Vec<ReplyId> = match &self.reply {
+                    Some(r) => r
+                        .utterances
+                        .iter()
+                        .filter(|u| replies.contains(&u.id) && u.first_audio.is_some())
+                        .map(|u| u.id)
+                        .collect(),
+                    None => Vec::new(),
+                };
+                for id in partial {
+                    self.emit(CallOutput::Mark(mark_name(id))).await;
+                }
             }
             TtsEvent::Disconnected { reason, kind } => {
                 self.deps.metrics.provider_error("tts", kind.as_str());
@@ -811,23 +848,34 @@ impl Session {
         }
         match result {
             Ok(audio) => {
+                self.synth_failures = 0;
                 self.emit(CallOutput::Audio(audio)).await;
                 self.emit(CallOutput::Mark(mark_name(id))).await;
             }
             Err(e) => {
                 self.deps.metrics.provider_error("tts", "fallback");
-                warn!(error = %e, "text-to-speech retry failed too: ending the call");
-                self.ending = true;
-                self.reply = None;
-                self.emit(CallOutput::HangUp { reason: "text-to-speech unavailable".into() }).await;
+                self.synth_failures += 1;
+                if self.synth_failures >= MAX_SYNTH_FAILURES {
+                    warn!(error = %e, "text-to-speech keeps failing: ending the call");
+                    self.ending = true;
+                    self.reply = None;
+                    self.emit(CallOutput::HangUp { reason: "text-to-speech unavailable".into() }).await;
+                    return;
+                }
+                // Skip this sentence (a later mark or this one covers it) and carry on.
+                warn!(error = %e, "text-to-speech retry failed; skipping the sentence");
+                self.emit(CallOutput::Mark(mark_name(id))).await;
             }
         }
     }
 
     async fn on_mark(&mut self, name: &str) {
         let Some(id) = parse_mark(name) else { return };
-        if let Some(u) = self.reply.as_mut().and_then(|r| r.utterance_mut(id)) {
-            u.heard = true;
+        // Twilio returns marks in order: this one vouches for every utterance before it too.
+        if let Some(reply) = &mut self.reply {
+            for u in reply.utterances.iter_mut().filter(|u| u.id <= id) {
+                u.heard = true;
+            }
         }
         self.check_reply_heard().await;
     }

@@ -58,6 +58,10 @@ impl CallWriter {
     /// Opens the transcript (and the recording when `record`) in `dir`.
     pub fn start(dir: &Path, call_sid: &str, started: SystemTime, record: bool) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        // The sid names files: keep it to characters that can't leave the directory.
+        let safe: String =
+            call_sid.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(64).collect();
+        let call_sid = if safe.is_empty() { "call" } else { safe.as_str() };
         let recorder = if record {
             match CallRecorder::create(dir, call_sid, started) {
                 Ok(r) => Some(r),

@@ -22,6 +22,13 @@ use crate::call::{CallInfo, CallInput, CallOutput, Direction, Outcome, SessionFa
 use crate::metrics::Metrics;
 use crate::telephony::stream_token::{StreamTokens, TokenError};
 
+/// Session input slots kept free of audio so control events always fit.
+const CONTROL_RESERVE: usize = 64;
+/// Twilio streams media continuously; this long without any message means the peer is gone.
+const INBOUND_SILENCE_LIMIT: Duration = Duration::from_secs(10);
+/// A socket write that takes longer than this means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Stream parameter names this host puts in its TwiML.
 pub mod params {
     pub const FROM: &str = "from";
@@ -172,7 +179,8 @@ async fn reject<O: Sink<WsOut> + Unpin>(outgoing: &mut O, ctx: &StreamContext, e
     Metrics::inc(&ctx.metrics.streams_rejected, "reason", reason);
     warn!(error = %err, "media stream refused");
     // 1008: policy violation. Best effort: the peer may already be gone.
-    let _ = outgoing.send(WsOut::Close { code: 1008, reason: err.to_string().chars().take(100).collect() }).await;
+    let close = WsOut::Close { code: 1008, reason: err.to_string().chars().take(100).collect() };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, outgoing.send(close)).await;
     err
 }
 
@@ -261,10 +269,17 @@ where
         bad,
     };
     let mut session_done = false;
+    let mut last_inbound = Instant::now();
     let outcome = loop {
         let next_due = t.playout.next_due(Instant::now());
         tokio::select! {
-            frame = incoming.next() => match frame {
+            _ = tokio::time::sleep_until((last_inbound + INBOUND_SILENCE_LIMIT).into()) => {
+                warn!("no message from the peer for {INBOUND_SILENCE_LIMIT:?}: ending the call");
+                break Outcome::Failed("peer went silent".into());
+            }
+            frame = incoming.next() => {
+                last_inbound = Instant::now();
+                match frame {
                 None | Some(WsIn::Close) => break Outcome::CallerHungUp,
                 Some(WsIn::Text(text)) => match t.on_text(&text) {
                     Ok(true) => break Outcome::CallerHungUp,
@@ -277,7 +292,8 @@ where
                     }
                 }
                 Some(WsIn::Other) => {}
-            },
+                }
+            }
             cmd = out_rx.recv(), if !session_done => match cmd {
                 Some(CallOutput::Audio(audio)) => t.playout.push_audio(&audio),
                 Some(CallOutput::Mark(name)) => t.playout.push_mark(name),
@@ -324,13 +340,16 @@ where
         }
     };
     drop(t.to_session);
+    // Stop reading the session's output so a session blocked sending to us sees the call end.
+    drop(out_rx);
     if !session_done {
         // Give the session a moment to see its input close and finish its own clean-up.
         if tokio::time::timeout(Duration::from_secs(2), &mut session).await.is_err() {
             session.abort();
         }
     }
-    let _ = outgoing.send(WsOut::Close { code: 1000, reason: String::new() }).await;
+    let _ =
+        tokio::time::timeout(WRITE_TIMEOUT, outgoing.send(WsOut::Close { code: 1000, reason: String::new() })).await;
     ctx.metrics.calls_active.dec();
     Metrics::inc(&ctx.metrics.calls_total, "outcome", outcome.label());
     info!(outcome = ?outcome, "call ended");
@@ -398,7 +417,9 @@ impl Transport {
             offset += take;
             if self.frame_fill == FRAME_SAMPLES {
                 let input = CallInput::Audio { timestamp_ms: self.frame_start_ms, samples: self.frame };
-                if self.to_session.try_send(input).is_err() {
+                // Audio may be dropped when the session lags; the last slots stay free for marks,
+                // DTMF and clears, which must never be lost.
+                if self.to_session.capacity() <= CONTROL_RESERVE || self.to_session.try_send(input).is_err() {
                     self.ctx.metrics.caller_frames_dropped.inc();
                 }
                 self.frame_fill = 0;
@@ -420,7 +441,10 @@ impl Transport {
 
     async fn send<O: Sink<WsOut> + Unpin>(&mut self, out: &mut O, msg: OutboundMessage<'_>) -> Result<(), ()> {
         let text = self.encoder.encode(&self.stream_sid, &msg);
-        out.send(WsOut::Text(text)).await.map_err(|_| ())
+        match tokio::time::timeout(WRITE_TIMEOUT, out.send(WsOut::Text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(()),
+        }
     }
 
     async fn send_due<O: Sink<WsOut> + Unpin>(&mut self, out: &mut O) -> Result<(), ()> {
@@ -430,7 +454,9 @@ impl Transport {
                 Due::Frame { mulaw, plays_at } => {
                     self.send(out, OutboundMessage::Media(&mulaw)).await?;
                     let played = CallInput::BotAudioPlayed { playout_ms: self.ms_at(plays_at), mulaw };
-                    let _ = self.to_session.try_send(played);
+                    if self.to_session.capacity() > CONTROL_RESERVE {
+                        let _ = self.to_session.try_send(played);
+                    }
                 }
                 Due::Mark(name) => self.send(out, OutboundMessage::Mark(&name)).await?,
             }
