@@ -24,3 +24,7 @@ bash models/fetch.sh
 
 # The Python reference (Pipecat 1.14's model code) the parity tests compare against.
 bash host/tests/parity/setup_venv.sh
+
+# Persona plugins (WebAssembly components) the plugin tests run: Debian's rustc-web toolchain is
+# installed on first use when rustup has no wasm32-wasip2 target.
+bash plugins/build.sh

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::audio::models::ModelPaths;
 use crate::call::conversation;
 use crate::call::diagnostic::EchoDiagnostic;
-use crate::call::persona::BuiltinProvider;
+use crate::call::persona::{BuiltinProvider, PersonaProvider};
 use crate::call::SessionFactory;
 use crate::config::{Config, Overrides};
 use crate::http::{self, AppState};
@@ -32,6 +32,29 @@ pub enum Command {
     Simulate(Box<crate::sim::SimulateArgs>),
     /// Run the inbound audio path (denoise, Silero VAD, Smart Turn) over a WAV file offline.
     Analyze(AnalyzeArgs),
+    /// Persona plugins: check a component, scaffold a new persona crate.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Validate a persona component against the WIT world and show what it does for sample calls.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+    },
+    /// Scaffold a persona crate that builds with `plugins/build.sh`.
+    New {
+        /// Crate name, e.g. `front-desk`.
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path to the persona SDK crate (default: plugins/sdk of this source tree).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Analyze(args) => analyze(args),
+        Command::Plugin(cmd) => plugin(cmd).await,
         Command::Simulate(args) => {
             let summary = crate::sim::run(*args).await?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -146,7 +170,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(Diagnostic::Echo) => Arc::new(EchoDiagnostic),
         None => {
             let models = ModelPaths::from_env();
-            Arc::new(conversation::build(&config, &models, Arc::new(BuiltinProvider), metrics.clone())?)
+            let personas = personas(&config, metrics.clone()).await?;
+            Arc::new(conversation::build(&config, &models, personas, metrics.clone())?)
         }
     };
     let addr = format!("{}:{}", config.host, config.port);
@@ -154,6 +179,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, public_url = ?config.public_url.as_ref().map(|u| u.as_str()), "switchboard listening");
     let state = AppState::new(config, sessions, metrics)?;
     http::serve(listener, state, shutdown_signal()).await
+}
+
+async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {
+    use crate::persona::tools;
+    match cmd {
+        PluginCommand::Check { file } => {
+            let report = tools::check(&file).await.with_context(|| format!("checking {}", file.display()))?;
+            println!("{report}");
+        }
+        PluginCommand::New { name, dir, sdk } => {
+            let sdk =
+                sdk.or_else(tools::default_sdk_dir).context("no persona SDK found: pass --sdk path/to/plugins/sdk")?;
+            let path = tools::new_plugin(&name, &dir, &sdk)?;
+            println!("created {}; build it with plugins/build.sh {}", path.display(), path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Persona plugins from `PERSONAS_DIR` when that directory exists, else the built-in persona.
+async fn personas(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn PersonaProvider>> {
+    if !config.personas_dir.is_dir() {
+        tracing::info!(dir = %config.personas_dir.display(), "no personas directory: every call gets the built-in persona");
+        return Ok(Arc::new(BuiltinProvider));
+    }
+    let cfg = crate::persona::PluginHostConfig::new(config.personas_dir.clone());
+    let host = tokio::task::spawn_blocking(move || crate::persona::PluginHost::start(cfg, metrics))
+        .await
+        .context("starting the plugin host")?
+        .context("starting the plugin host")?;
+    Ok(host)
 }
 
 fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod persona;
 pub mod services;
 pub mod sim;
 pub mod telephony;

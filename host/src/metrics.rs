@@ -32,6 +32,10 @@ pub struct Metrics {
     /// End of caller speech → first bot audio frame sent to the caller.
     pub voice_to_voice: Histogram,
     pub barge_ins: Counter,
+    /// Persona plugin loads, by result (`ok`, `rejected`, `removed`).
+    pub plugin_reloads: Family<Label, Counter>,
+    /// Persona plugin faults (the call went on with the built-in behaviour), by kind.
+    pub plugin_faults: Family<Label, Counter>,
 }
 
 /// Buckets (seconds) for latencies from a few ms to several seconds.
@@ -93,6 +97,10 @@ impl Metrics {
             histogram(&mut registry, "voice_to_voice", "End of caller speech to first bot audio frame sent");
         let barge_ins = Counter::default();
         registry.register("barge_ins", "Bot replies interrupted by the caller", barge_ins.clone());
+        let plugin_reloads = Family::<Label, Counter>::default();
+        registry.register("plugin_reloads", "Persona plugin loads, by result", plugin_reloads.clone());
+        let plugin_faults = Family::<Label, Counter>::default();
+        registry.register("plugin_faults", "Persona plugin faults, by kind", plugin_faults.clone());
         Self {
             registry,
             provider_errors,
@@ -101,6 +109,8 @@ impl Metrics {
             tts_first_byte,
             voice_to_voice,
             barge_ins,
+            plugin_reloads,
+            plugin_faults,
             calls_active,
             calls_total,
             webhooks_rejected,
