@@ -24,14 +24,14 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::time::{sleep_until, Instant};
 use url::Url;
 
-use super::{param, query_pairs, request_id, FakeServer};
+use super::{deepgram_error, param, query_pairs, request_id, FakeServer};
 
 /// The key the fake accepts unless told otherwise.
 pub const API_KEY: &str = "test-deepgram-key";
@@ -246,24 +246,8 @@ impl FakeDeepgramStt {
 
     /// Polls until `check` holds for the connections (true) or `limit` passes (false).
     pub async fn wait_until(&self, limit: Duration, check: impl Fn(&[SttConnection]) -> bool) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            if check(&self.shared.lock().connections) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        super::poll_until(limit, || check(&self.shared.lock().connections)).await
     }
-}
-
-fn deepgram_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let id = request_id();
-    let body = json!({"err_code": code, "err_msg": message, "request_id": id}).to_string();
-    let headers = [("content-type", "application/json".to_string()), ("dg-request-id", id), ("dg-error", body.clone())];
-    (status, headers, body).into_response()
 }
 
 /// Why the query is refused, if it is.

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use url::Url;
 
-use super::{param, query_pairs, request_id, FakeServer};
+use super::{deepgram_error, param, query_pairs, request_id, FakeServer};
 
 pub const API_KEY: &str = "test-deepgram-key";
 pub const VOICES: &[&str] = &[
@@ -189,24 +189,8 @@ impl FakeDeepgramTts {
 
     /// Polls until `check` holds for the connections (true) or `limit` passes (false).
     pub async fn wait_until(&self, limit: Duration, check: impl Fn(&[TtsConnection]) -> bool) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            if check(&self.shared.lock().connections) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        super::poll_until(limit, || check(&self.shared.lock().connections)).await
     }
-}
-
-fn deepgram_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let id = request_id();
-    let body = json!({"err_code": code, "err_msg": message, "request_id": id}).to_string();
-    let headers = [("content-type", "application/json".to_string()), ("dg-request-id", id), ("dg-error", body.clone())];
-    (status, headers, body).into_response()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

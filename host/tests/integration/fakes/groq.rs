@@ -29,7 +29,6 @@ use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use url::Url;
 
 use super::{request_id, FakeServer};
@@ -182,16 +181,7 @@ impl FakeGroq {
 
     /// Polls until `check` holds for the requests (true) or `limit` passes (false).
     pub async fn wait_until(&self, limit: Duration, check: impl Fn(&[GroqRequest]) -> bool) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            if check(&self.shared.lock().requests) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        super::poll_until(limit, || check(&self.shared.lock().requests)).await
     }
 }
 

@@ -75,3 +75,26 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
+
+/// Polls `check` every 5 ms until it holds (true) or `limit` passes (false).
+pub async fn poll_until(limit: std::time::Duration, check: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// A Deepgram error answer: JSON body plus the `dg-request-id` and `dg-error` headers.
+pub fn deepgram_error(status: axum::http::StatusCode, code: &str, message: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let id = request_id();
+    let body = serde_json::json!({"err_code": code, "err_msg": message, "request_id": id}).to_string();
+    let headers = [("content-type", "application/json".to_string()), ("dg-request-id", id), ("dg-error", body.clone())];
+    (status, headers, body).into_response()
+}
