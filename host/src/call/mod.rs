@@ -7,6 +7,7 @@
 
 pub mod conversation;
 pub mod diagnostic;
+pub mod events;
 pub mod persona;
 pub mod sentences;
 pub mod turns;
@@ -111,6 +112,14 @@ impl Outcome {
             Outcome::Failed(_) => "failed",
         }
     }
+
+    /// The reason, number or error behind the outcome, if any.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Outcome::CallerHungUp => None,
+            Outcome::BotHungUp(s) | Outcome::Transferred(s) | Outcome::Failed(s) => Some(s),
+        }
+    }
 }
 
 /// The session's ends of the two channels.
@@ -118,6 +127,8 @@ impl Outcome {
 pub struct SessionIo {
     pub input: mpsc::Receiver<CallInput>,
     pub output: mpsc::Sender<CallOutput>,
+    /// Where the session reports what happens (history, live views).
+    pub events: events::CallEventsHandle,
 }
 
 /// A session's future; it ends when the call should end or its input closes.

@@ -120,8 +120,26 @@ pub struct CallSummary {
     pub transcript: Vec<(String, String)>,
 }
 
+/// Which persona serves a call, for the call history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonaIdentity {
+    pub name: String,
+    /// The plugin's content hash; `None` for the built-in persona.
+    pub version: Option<String>,
+}
+
+impl PersonaIdentity {
+    pub fn builtin() -> Self {
+        Self { name: "built-in".into(), version: None }
+    }
+}
+
 /// One persona instance serves one call.
 pub trait Persona: Send {
+    /// Its name and version, once `setup` ran.
+    fn identity(&self) -> PersonaIdentity {
+        PersonaIdentity::builtin()
+    }
     fn setup<'a>(&'a mut self, call: &'a CallInfo) -> HookFuture<'a, PersonaSetup>;
     /// A finished user turn; `Action::None` lets the LLM answer.
     fn on_user_turn<'a>(&'a mut self, transcript: &'a str) -> HookFuture<'a, Action>;

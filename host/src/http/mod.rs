@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 pub use drain::Drain;
 pub use public_url::PublicUrl;
 
+use crate::call::events::CallEvents;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::telephony::stream_token::StreamTokens;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub drain: Arc<Drain>,
     pub public_url: PublicUrl,
+    /// Call events: the history's sink and live feeds hang off it.
+    pub events: Arc<CallEvents>,
 }
 
 impl AppState {
@@ -58,12 +61,14 @@ impl AppState {
             Some(t) => Some(TwilioRest::new(config.twilio_api_base_url.as_str(), &t.account_sid, &t.auth_token)?),
             None => None,
         };
+        let events = CallEvents::new();
         let streams = Arc::new(StreamContext {
             tokens: (!config.insecure_skip_signature).then(|| tokens.clone()),
             rest: rest.clone(),
             sessions,
             metrics: metrics.clone(),
             limits: Default::default(),
+            events: events.clone(),
         });
         let public_url = PublicUrl::new(config.public_url.clone());
         Ok(Self {
@@ -74,6 +79,7 @@ impl AppState {
             metrics,
             drain: Arc::new(Drain::default()),
             public_url,
+            events,
         })
     }
 }

@@ -271,6 +271,16 @@ impl WasmPersona {
 }
 
 impl Persona for WasmPersona {
+    fn identity(&self) -> crate::call::persona::PersonaIdentity {
+        match &self.selected {
+            Some(s) => crate::call::persona::PersonaIdentity {
+                name: s.name.to_string(),
+                version: Some(s.compiled.hash.clone()),
+            },
+            None => crate::call::persona::PersonaIdentity::builtin(),
+        }
+    }
+
     fn setup<'a>(&'a mut self, call: &'a CallInfo) -> HookFuture<'a, PersonaSetup> {
         Box::pin(async move {
             // The fallback learns the call's direction whether or not the plugin starts.

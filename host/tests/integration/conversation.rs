@@ -10,6 +10,7 @@ use switchboard::audio::models::ModelPaths;
 use switchboard::audio::turn::{SmartTurnConfig, SmartTurnEngine, SmartTurnHandle};
 use switchboard::audio::vad::{VadEngine, VadEngineConfig};
 use switchboard::call::conversation::{Conversation, ConversationDeps};
+use switchboard::call::events::{CallEvent, CallEventSink};
 use switchboard::call::persona::{
     Action, BuiltinPersona, CallSummary, HookFuture, Persona, PersonaProvider, PersonaSetup, ToolOutcome, ToolSpec,
 };
@@ -118,6 +119,24 @@ struct Rig {
     groq: FakeGroq,
     rest: FakeTwilio,
     recordings: tempfile::TempDir,
+    events: Arc<EventLog>,
+}
+
+/// Every call event the server reported, in order.
+#[derive(Default)]
+struct EventLog(Mutex<Vec<(String, CallEvent)>>);
+
+impl CallEventSink for EventLog {
+    fn record(&self, call_sid: &str, event: &CallEvent) {
+        self.0.lock().unwrap().push((call_sid.to_string(), event.clone()));
+    }
+}
+
+impl EventLog {
+    fn kinds(&self) -> Vec<String> {
+        let log = self.0.lock().unwrap();
+        log.iter().map(|(_, e)| serde_json::to_value(e).unwrap()["type"].as_str().unwrap().to_string()).collect()
+    }
 }
 
 impl Rig {
@@ -146,7 +165,9 @@ impl Rig {
         ];
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let server = TestServer::start_with_metrics(&env, Overrides::default(), Arc::new(conversation), metrics).await;
-        Rig { server, stt, tts, groq, rest, recordings }
+        let events = Arc::new(EventLog::default());
+        server.state.events.add_sink(events.clone());
+        Rig { server, stt, tts, groq, rest, recordings, events }
     }
 
     fn plan(&self, clip: &str, hangup_after: Duration) -> CallPlan {
@@ -239,6 +260,15 @@ async fn greeting_then_three_turns_each_get_a_spoken_answer() {
     let metrics = reqwest::get(format!("{}/metrics", rig.server.base)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("switchboard_voice_to_voice_seconds_count 3"), "{metrics}");
     assert!(metrics.contains("switchboard_llm_first_token_seconds_count 4"), "{metrics}");
+    // The call's events came in order: start, persona, files, speech and lines, end.
+    let kinds = rig.events.kinds();
+    assert_eq!(kinds[..3], ["started", "persona", "files"], "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("ended"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "line").count(), 7, "{kinds:?}");
+    assert!(kinds.iter().filter(|k| *k == "vad").count() >= 6, "{kinds:?}");
+    let log = rig.events.0.lock().unwrap();
+    assert!(log.iter().all(|(sid, _)| *sid == log[0].0), "one call");
+    assert!(matches!(&log[1].1, CallEvent::Persona { name, version: None } if name == "built-in"));
 }
 
 #[tokio::test]

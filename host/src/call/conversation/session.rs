@@ -22,6 +22,7 @@ use super::ConversationDeps;
 use crate::audio::denoise::Denoiser;
 use crate::audio::turn::{PendingTurn, TurnDetector, TurnError, TurnVerdict};
 use crate::audio::vad::VadRate;
+use crate::call::events::{CallEvent, CallEventsHandle};
 use crate::call::persona::{Action, CallSummary, Greeting, Persona, PersonaSetup};
 use crate::call::sentences::SentenceSplitter;
 use crate::call::turns::{TurnSignal, TurnTracker};
@@ -87,6 +88,7 @@ struct Session {
     ending: bool,
     writer: Option<CallWriter>,
     transcript: Vec<(String, String)>,
+    events: CallEventsHandle,
 }
 
 /// Runs one call to its end.
@@ -94,6 +96,8 @@ pub(super) async fn run(deps: Arc<ConversationDeps>, info: CallInfo, mut io: Ses
     let started = Instant::now();
     let mut persona = deps.personas.persona_for(&info);
     let setup = persona.setup(&info).await;
+    let identity = persona.identity();
+    io.events.emit(CallEvent::Persona { name: identity.name, version: identity.version });
     info!(voice = %setup.voice, model = %setup.llm_model, tools = setup.tools.len(), "conversation starting");
     let tt = &setup.turn_taking;
     let denoiser = match Denoiser::with_enabled(8000, tt.denoise) {
@@ -133,6 +137,10 @@ pub(super) async fn run(deps: Arc<ConversationDeps>, info: CallInfo, mut io: Ses
             None
         }
     };
+    io.events.emit(CallEvent::Files {
+        recording: writer.as_ref().and_then(|w| w.recording_path.clone()),
+        transcript: writer.as_ref().map(|w| w.transcript_path.clone()),
+    });
     let tools = setup
         .tools
         .iter()
@@ -177,6 +185,7 @@ pub(super) async fn run(deps: Arc<ConversationDeps>, info: CallInfo, mut io: Ses
         ending: false,
         writer,
         transcript: Vec::new(),
+        events: io.events.clone(),
     };
     s.greet().await;
     loop {
@@ -351,11 +360,13 @@ impl Session {
         }
         match outcome.event {
             Some(crate::audio::vad::VadEvent::SpeechStart) => {
+                self.events.emit(CallEvent::Vad { speaking: true, at_ms: self.now_ms() });
                 if let Some(sig) = self.turns.vad_start(now) {
                     self.on_turn_signal(sig).await;
                 }
             }
             Some(crate::audio::vad::VadEvent::SpeechStop) => {
+                self.events.emit(CallEvent::Vad { speaking: false, at_ms: self.now_ms() });
                 // Speech really ended one stop window ago.
                 self.speech_ended = Some(now - Duration::from_secs_f64(self.setup.turn_taking.vad.stop_secs));
                 self.awaiting_final_since = self.speech_ended;
@@ -394,6 +405,9 @@ impl Session {
         match ev {
             SttEvent::Transcript(t) => {
                 let now = Instant::now();
+                if !t.is_final && !t.text.trim().is_empty() {
+                    self.events.emit(CallEvent::Interim { text: t.text.clone() });
+                }
                 if t.is_final && !t.text.trim().is_empty() {
                     if let Some(since) = self.awaiting_final_since.take() {
                         self.deps.metrics.stt_final_latency.observe(secs(now.saturating_duration_since(since)));
@@ -918,8 +932,10 @@ impl Session {
     ) {
         self.transcript.push((role.to_string(), text.clone()));
         let end_ms = self.now_ms();
+        let line = TranscriptLine { role, text, start_ms, end_ms, interrupted, latency };
+        self.events.emit(CallEvent::Line(line.clone()));
         if let Some(w) = &mut self.writer {
-            w.line(TranscriptLine { role, text, start_ms, end_ms, interrupted, latency });
+            w.line(line);
         }
     }
 

@@ -18,6 +18,7 @@ use super::playout::{Due, Playout};
 use super::rest::TwilioRest;
 use super::twiml::{Response, Verb};
 use crate::audio::mulaw;
+use crate::call::events::{unix_ms, CallEvent, CallEvents};
 use crate::call::{CallInfo, CallInput, CallOutput, Direction, Outcome, SessionFactory, SessionIo, FRAME_SAMPLES};
 use crate::metrics::Metrics;
 use crate::telephony::stream_token::{StreamTokens, TokenError};
@@ -92,6 +93,8 @@ pub struct StreamContext {
     pub sessions: Arc<dyn SessionFactory>,
     pub metrics: Arc<Metrics>,
     pub limits: StreamLimits,
+    /// Where each call's start and end (and the session's events) are reported.
+    pub events: Arc<CallEvents>,
 }
 
 /// Why a stream ended before a call started.
@@ -250,8 +253,10 @@ where
     ctx.metrics.calls_active.inc();
     let (in_tx, in_rx) = mpsc::channel(256);
     let (out_tx, mut out_rx) = mpsc::channel(256);
-    let session =
-        tokio::spawn(ctx.sessions.start(info.clone(), SessionIo { input: in_rx, output: out_tx }).in_current_span());
+    let events = ctx.events.open(&info.call_sid);
+    events.started(&info, info.direction.as_str());
+    let io = SessionIo { input: in_rx, output: out_tx, events: events.clone() };
+    let session = tokio::spawn(ctx.sessions.start(info.clone(), io).in_current_span());
     let mut session = std::pin::pin!(session);
     let mut t = Transport {
         playout: Playout::new(ctx.limits.playout_lead),
@@ -352,6 +357,11 @@ where
         tokio::time::timeout(WRITE_TIMEOUT, outgoing.send(WsOut::Close { code: 1000, reason: String::new() })).await;
     ctx.metrics.calls_active.dec();
     Metrics::inc(&ctx.metrics.calls_total, "outcome", outcome.label());
+    events.emit(CallEvent::Ended {
+        outcome: outcome.label().to_string(),
+        detail: outcome.detail().map(str::to_string),
+        ended_at_ms: unix_ms(SystemTime::now()),
+    });
     info!(outcome = ?outcome, "call ended");
     Ok(outcome)
 }
