@@ -32,6 +32,8 @@ pub struct Metrics {
     /// End of caller speech → first bot audio frame sent to the caller.
     pub voice_to_voice: Histogram,
     pub barge_ins: Counter,
+    /// Replies prepared during the VAD stop window, by result (`used`, `discarded`).
+    pub speculative_replies: Family<Label, Counter>,
     /// Persona plugin loads, by result (`ok`, `rejected`, `removed`).
     pub plugin_reloads: Family<Label, Counter>,
     /// Persona plugin faults (the call went on with the built-in behaviour), by kind.
@@ -97,6 +99,12 @@ impl Metrics {
             histogram(&mut registry, "voice_to_voice", "End of caller speech to first bot audio frame sent");
         let barge_ins = Counter::default();
         registry.register("barge_ins", "Bot replies interrupted by the caller", barge_ins.clone());
+        let speculative_replies = Family::<Label, Counter>::default();
+        registry.register(
+            "speculative_replies",
+            "Replies prepared while the caller paused, by result",
+            speculative_replies.clone(),
+        );
         let plugin_reloads = Family::<Label, Counter>::default();
         registry.register("plugin_reloads", "Persona plugin loads, by result", plugin_reloads.clone());
         let plugin_faults = Family::<Label, Counter>::default();
@@ -109,6 +117,7 @@ impl Metrics {
             tts_first_byte,
             voice_to_voice,
             barge_ins,
+            speculative_replies,
             plugin_reloads,
             plugin_faults,
             calls_active,

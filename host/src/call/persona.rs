@@ -57,6 +57,10 @@ pub struct TurnTaking {
     pub user_turn_stop_timeout: Duration,
     /// RNNoise on caller audio.
     pub denoise: bool,
+    /// Start the reply while the VAD stop window runs and hold its audio until the turn is
+    /// confirmed: hides up to a stop window of LLM + TTS latency, at the cost of an LLM request
+    /// thrown away when the caller goes on talking.
+    pub speculative_replies: bool,
 }
 
 impl Default for TurnTaking {
@@ -66,6 +70,7 @@ impl Default for TurnTaking {
             turn: TurnParams::default(),
             user_turn_stop_timeout: Duration::from_secs(2),
             denoise: true,
+            speculative_replies: true,
         }
     }
 }

@@ -171,6 +171,14 @@ impl TurnTracker {
         Some(stt.map_or(turn.watchdog, |d| d.min(turn.watchdog)))
     }
 
+    /// The open turn's text if it is already final and answered our `Finalize`: what the turn
+    /// will say unless the caller goes on talking (the basis for a speculative reply). VAD may
+    /// still report speech: the engine asks during the stop window.
+    pub fn settled_text(&self) -> Option<String> {
+        let turn = self.open.as_ref()?;
+        (turn.finalized && !turn.finals.is_empty()).then(|| turn.finals.join(" "))
+    }
+
     /// Forgets any open turn (the call is ending).
     pub fn reset(&mut self) {
         self.open = None;
@@ -187,6 +195,22 @@ mod tests {
 
     fn tracker() -> TurnTracker {
         TurnTracker::new(ms(200), ms(2000))
+    }
+
+    #[test]
+    fn settled_text_needs_a_finalized_final_and_is_cleared_by_more_words() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        assert_eq!(t.settled_text(), None, "no turn");
+        t.vad_start(t0);
+        assert_eq!(t.transcript("I would like", false, false, t0 + ms(300)), None);
+        assert_eq!(t.settled_text(), None, "interim only");
+        t.transcript("I would like to order", true, true, t0 + ms(700));
+        assert_eq!(t.settled_text().as_deref(), Some("I would like to order"), "asked during the pause");
+        t.transcript("a pizza", false, false, t0 + ms(900));
+        assert_eq!(t.settled_text(), None, "the caller went on");
+        t.transcript("a pizza", true, true, t0 + ms(1200));
+        assert_eq!(t.settled_text().as_deref(), Some("I would like to order a pizza"));
     }
 
     #[test]

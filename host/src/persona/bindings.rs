@@ -115,6 +115,7 @@ fn turn_taking(t: wit::TurnTaking, warn: &mut Warnings) -> TurnTaking {
         )
         .unwrap_or(d.user_turn_stop_timeout),
         denoise: t.denoise.unwrap_or(d.denoise),
+        speculative_replies: d.speculative_replies,
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use switchboard::audio::models::ModelPaths;
 use switchboard::audio::turn::{SmartTurnConfig, SmartTurnEngine, SmartTurnHandle};
 use switchboard::audio::vad::{VadEngine, VadEngineConfig};
+use switchboard::call::conversation::writer::TurnLatency;
 use switchboard::call::conversation::{Conversation, ConversationDeps};
 use switchboard::call::events::{CallEvent, CallEventSink};
 use switchboard::call::persona::{
@@ -54,6 +55,9 @@ pub(crate) fn engines() -> (Arc<VadEngine>, SmartTurnHandle) {
 #[derive(Clone, Default)]
 struct TestPersona {
     idle: Option<Duration>,
+    /// The VAD stop window, when not the default.
+    vad_stop_secs: Option<f64>,
+    speculative_replies: Option<bool>,
     tools: Vec<ToolSpec>,
     tool_result: String,
     /// What the tool asks for after its result (default: nothing).
@@ -78,6 +82,12 @@ impl Persona for TestPersonaCall {
             let mut setup = self.inner.setup(call).await;
             if let Some(idle) = self.cfg.idle {
                 setup.idle.timeout = idle;
+            }
+            if let Some(stop) = self.cfg.vad_stop_secs {
+                setup.turn_taking.vad.stop_secs = stop;
+            }
+            if let Some(on) = self.cfg.speculative_replies {
+                setup.turn_taking.speculative_replies = on;
             }
             setup.tools = self.cfg.tools.clone();
             setup
@@ -253,13 +263,17 @@ async fn greeting_then_three_turns_each_get_a_spoken_answer() {
     let roles: Vec<&str> = lines.iter().map(|l| l["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["assistant", "user", "assistant", "user", "assistant", "user", "assistant"]);
     assert_eq!(lines[1]["text"], "What time is it?");
-    assert!(lines[2]["latency"]["voice_to_voice_ms"].as_f64().is_some(), "{:?}", lines[2]);
+    for key in ["stt_final_ms", "endpoint_ms", "llm_first_token_ms", "tts_first_byte_ms", "voice_to_voice_ms"] {
+        assert!(lines[2]["latency"][key].as_f64().is_some(), "{key}: {:?}", lines[2]);
+    }
     // The server's recording lines up with what the simulated caller sent and heard.
     assert_recording_aligned(&rig);
     // And /metrics has the per-turn latencies.
     let metrics = reqwest::get(format!("{}/metrics", rig.server.base)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("switchboard_voice_to_voice_seconds_count 3"), "{metrics}");
     assert!(metrics.contains("switchboard_llm_first_token_seconds_count 4"), "{metrics}");
+    // Each answer was prepared while the caller's pause was still being confirmed.
+    assert!(metrics.contains("switchboard_speculative_replies_total{result=\"used\"} 3"), "{metrics}");
     // The call's events came in order: start, persona, files, speech and lines, end.
     let kinds = rig.events.kinds();
     assert_eq!(kinds[..3], ["started", "persona", "files"], "{kinds:?}");
@@ -269,6 +283,41 @@ async fn greeting_then_three_turns_each_get_a_spoken_answer() {
     let log = rig.events.0.lock().unwrap();
     assert!(log.iter().all(|(sid, _)| *sid == log[0].0), "one call");
     assert!(matches!(&log[1].1, CallEvent::Persona { name, version: None } if name == "built-in"));
+}
+
+#[tokio::test]
+async fn a_hesitation_discards_the_speculative_reply_and_answers_the_whole_sentence() {
+    // A stop window longer than the clip's 350 ms hesitation: the pause starts (a reply is
+    // prepared) and ends (it is thrown away) without a VAD stop, whatever Smart Turn thinks.
+    let persona = TestPersona { vad_stop_secs: Some(0.8), ..Default::default() };
+    let rig = Rig::start(persona).await;
+    let report = rig.call(rig.plan("pause_8k.wav", Duration::from_secs(12))).await;
+    assert!(report.ok(), "{report:?}");
+    let lines = rig.transcript_lines();
+    let said = |role: &str| -> Vec<String> {
+        lines.iter().filter(|l| l["role"] == role).map(|l| l["text"].as_str().unwrap().to_string()).collect()
+    };
+    let users = said("user");
+    assert_eq!(users.len(), 1, "one turn despite the hesitation: {lines:?}");
+    let words = &users[0];
+    assert!(words.starts_with("utterance 1 utterance 2"), "the words after the hesitation belong to the turn: {words}");
+    // A reply to the words before the hesitation was prepared, then thrown away unheard.
+    let requests = rig.groq.requests();
+    let speculative: Vec<String> = (0..requests.len())
+        .filter_map(|n| rig.messages(n).iter().rev().find(|(r, _)| r == "user").map(|(_, c)| c.clone()))
+        .filter(|u| u != words)
+        .collect();
+    assert!(!speculative.is_empty(), "a speculative request for part of the turn");
+    assert!(speculative.iter().all(|u| words.starts_with(u.as_str())), "{speculative:?} vs {words}");
+    let assistants = said("assistant");
+    assert_eq!(assistants.len(), 2, "greeting and one answer: {assistants:?}");
+    assert_eq!(assistants[1], format!("You said: {words}"));
+    // The context never saw the partial words as a turn of their own.
+    let last = rig.messages(requests.len() - 1);
+    assert_eq!(last.iter().filter(|(r, _)| r == "user").count(), 1, "{last:?}");
+    assert_eq!(report.turns.iter().filter(|t| t.latency_ms.is_some()).count(), 1, "{:?}", report.turns);
+    let metrics = reqwest::get(format!("{}/metrics", rig.server.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("switchboard_speculative_replies_total{result=\"discarded\"}"), "{metrics}");
 }
 
 #[tokio::test]
@@ -484,8 +533,16 @@ async fn a_hanging_tts_is_retried_with_one_shot_synthesis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn measure_voice_to_voice() {
-    let rig = Rig::start(TestPersona::default()).await;
+    // SPECULATIVE=0 turns speculative replies off; LLM_DELAY_MS / TTS_DELAY_MS give the fakes
+    // a first-token / first-byte delay like real providers'.
+    let env_ms = |k: &str| Duration::from_millis(std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+    let speculative = std::env::var("SPECULATIVE").map_or(true, |v| v != "0");
+    let persona = TestPersona { speculative_replies: Some(speculative), ..Default::default() };
+    let rig = Rig::start(persona).await;
     rig.stt.configure(|s| s.fallback = "Hello there.".into());
+    rig.groq.configure(|s| s.first_token_delay = env_ms("LLM_DELAY_MS"));
+    rig.tts.configure(|s| s.first_byte_delay = env_ms("TTS_DELAY_MS"));
+    eprintln!("speculative replies: {speculative}");
     let mut latencies = Vec::new();
     for _ in 0..7 {
         let mut plan = rig.plan("turns_8k.wav", Duration::from_secs(21));
@@ -496,6 +553,27 @@ async fn measure_voice_to_voice() {
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
     eprintln!("turns: {} p50: {:.1} ms p95: {:.1} ms max: {:.1} ms", latencies.len(), pct(0.5), pct(0.95), pct(1.0));
+    // The server's own view of each answered turn, from speech end as the VAD placed it.
+    let parts: Vec<TurnLatency> = (rig.events.0.lock().unwrap().iter())
+        .filter_map(|(_, e)| match e {
+            CallEvent::Line(l) => l.latency.clone().filter(|l| l.voice_to_voice_ms.is_some()),
+            _ => None,
+        })
+        .collect();
+    let p50 = |f: fn(&TurnLatency) -> Option<f64>| {
+        let mut v: Vec<f64> = parts.iter().filter_map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    eprintln!(
+        "server p50 (ms from VAD speech end): stt final {:.1}, turn end {:.1}, llm first token {:.1}, \
+         tts first byte {:.1}, voice-to-voice {:.1}",
+        p50(|l| l.stt_final_ms),
+        p50(|l| l.endpoint_ms),
+        p50(|l| l.llm_first_token_ms),
+        p50(|l| l.tts_first_byte_ms),
+        p50(|l| l.voice_to_voice_ms)
+    );
     let metrics = reqwest::get(format!("{}/metrics", rig.server.base)).await.unwrap().text().await.unwrap();
     for line in metrics.lines().filter(|l| l.contains("_seconds_sum") || l.contains("_seconds_count")) {
         eprintln!("{line}");

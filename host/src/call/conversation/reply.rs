@@ -33,6 +33,14 @@ pub struct Reply {
     /// When the caller's speech that this reply answers ended (for voice-to-voice latency).
     pub speech_ended: Option<Instant>,
     pub llm_requested: Option<Instant>,
+    /// Speech end → the turn's final transcript, when this reply answers a spoken turn.
+    pub stt_final_ms: Option<f64>,
+    /// When the caller's turn was judged over (for a speculative reply, later than the request).
+    pub turn_ended: Option<Instant>,
+    /// A speculative reply: what it would send to the caller, kept until the turn is confirmed.
+    pub held: Option<Vec<crate::call::CallOutput>>,
+    /// Tool calls a speculative reply asked for; run only once the turn is confirmed.
+    pub parked_tools: Option<Vec<crate::services::llm::ToolCall>>,
     pub llm_first_token: Option<Instant>,
     pub first_audio_sent: Option<Instant>,
     /// Set when an audio frame of this reply has been reported sent.
@@ -58,6 +66,10 @@ impl Reply {
             after,
             speech_ended,
             llm_requested: None,
+            stt_final_ms: None,
+            turn_ended: None,
+            held: None,
+            parked_tools: None,
             llm_first_token: None,
             first_audio_sent: None,
             audio_started: false,

@@ -21,12 +21,13 @@ use super::writer::{CallWriter, TranscriptLine, TurnLatency};
 use super::ConversationDeps;
 use crate::audio::denoise::Denoiser;
 use crate::audio::turn::{PendingTurn, TurnDetector, TurnError, TurnVerdict};
-use crate::audio::vad::VadRate;
+use crate::audio::vad::{VadRate, VadState};
 use crate::call::events::{CallEvent, CallEventsHandle};
 use crate::call::persona::{Action, CallSummary, Greeting, Persona, PersonaSetup};
 use crate::call::sentences::SentenceSplitter;
 use crate::call::turns::{TurnSignal, TurnTracker};
 use crate::call::{CallInfo, CallInput, CallOutput, SessionIo, FRAME_SAMPLES};
+use crate::metrics::Metrics;
 use crate::services::llm::{ChatMessage, ChatRequest, LlmEvent, LlmStream, ToolSpec};
 use crate::services::stt::{SttEvent, SttHandle, SttOptions};
 use crate::services::tts::{ReplyId, TtsEvent, TtsHandle, TtsOptions};
@@ -44,6 +45,9 @@ const MAX_TOOL_ROUNDS: u32 = 5;
 /// shares one unit flushed at the reply's end.
 const FLUSH_BUDGET: usize = 16;
 const FLUSH_WINDOW: Duration = Duration::from_secs(60);
+/// Quiet VAD windows (32 ms each) inside the stop window before the pause counts: single-window
+/// dips happen mid-word, and a `Finalize` there would split the caller's words.
+const PAUSE_WINDOWS: u32 = 2;
 
 type VerdictFuture = Pin<Box<dyn Future<Output = Result<TurnVerdict, TurnError>> + Send>>;
 type SynthFuture = Pin<Box<dyn Future<Output = (ReplyId, Result<Vec<u8>, String>)> + Send>>;
@@ -63,6 +67,14 @@ struct Session {
     turns: TurnTracker,
     speech_ended: Option<Instant>,
     awaiting_final_since: Option<Instant>,
+    /// Speech end → final transcript of the current turn, for its transcript line.
+    turn_stt_final_ms: Option<f64>,
+    /// Quiet windows in a row while the VAD is in its stop window.
+    quiet_windows: u32,
+    /// When the caller's current pause began, if we sent `Finalize` for it already.
+    pause: Option<Instant>,
+    /// The user text a held speculative reply answers (`reply.held` is set while this is).
+    speculation: Option<String>,
     // Providers.
     stt: Option<SttHandle>,
     tts: Option<TtsHandle>,
@@ -166,6 +178,10 @@ pub(super) async fn run(deps: Arc<ConversationDeps>, info: CallInfo, mut io: Ses
         turns,
         speech_ended: None,
         awaiting_final_since: None,
+        turn_stt_final_ms: None,
+        quiet_windows: 0,
+        pause: None,
+        speculation: None,
         stt,
         tts,
         llm: None,
@@ -273,6 +289,15 @@ impl Session {
         let _ = self.out.send(out).await;
     }
 
+    /// Sends the current reply's audio or mark, or keeps it while the reply is speculative.
+    async fn emit_reply(&mut self, out: CallOutput) {
+        if let Some(held) = self.reply.as_mut().and_then(|r| r.held.as_mut()) {
+            held.push(out);
+            return;
+        }
+        self.emit(out).await;
+    }
+
     // ----- call start ---------------------------------------------------------------------
 
     async fn greet(&mut self) {
@@ -295,7 +320,7 @@ impl Session {
             CallInput::MarkPlayed(name) => self.on_mark(&name).await,
             CallInput::BotAudioPlayed { playout_ms, mulaw } => {
                 let now = Instant::now();
-                if let Some(reply) = &mut self.reply {
+                if let Some(reply) = self.reply.as_mut().filter(|r| r.held.is_none()) {
                     if !reply.audio_started {
                         reply.audio_started = true;
                         reply.first_audio_sent = Some(now);
@@ -353,6 +378,21 @@ impl Session {
             }
         };
         let now = Instant::now();
+        if let Some(window) = outcome.window {
+            match window.state {
+                VadState::Stopping => {
+                    self.quiet_windows += 1;
+                    if self.quiet_windows == PAUSE_WINDOWS {
+                        self.on_pause_start(now);
+                    }
+                }
+                VadState::Speaking if self.quiet_windows > 0 => {
+                    self.quiet_windows = 0;
+                    self.on_pause_end();
+                }
+                _ => self.quiet_windows = 0,
+            }
+        }
         if outcome.fallback_complete {
             if let Some(sig) = self.turns.verdict(true, now) {
                 self.on_turn_signal(sig).await;
@@ -361,6 +401,9 @@ impl Session {
         match outcome.event {
             Some(crate::audio::vad::VadEvent::SpeechStart) => {
                 self.events.emit(CallEvent::Vad { speaking: true, at_ms: self.now_ms() });
+                // The caller went on after a pause (a prepared reply survives an incomplete
+                // verdict, for the silence fallback, but not more words).
+                self.abort_speculation();
                 if let Some(sig) = self.turns.vad_start(now) {
                     self.on_turn_signal(sig).await;
                 }
@@ -369,9 +412,12 @@ impl Session {
                 self.events.emit(CallEvent::Vad { speaking: false, at_ms: self.now_ms() });
                 // Speech really ended one stop window ago.
                 self.speech_ended = Some(now - Duration::from_secs_f64(self.setup.turn_taking.vad.stop_secs));
-                self.awaiting_final_since = self.speech_ended;
-                if let Some(stt) = &self.stt {
-                    stt.finalize();
+                // Only silence came since a `Finalize` sent at the pause's start: nothing to add.
+                if self.pause.take().is_none() {
+                    self.awaiting_final_since = self.speech_ended;
+                    if let Some(stt) = &self.stt {
+                        stt.finalize();
+                    }
                 }
                 self.turns.vad_stop(now);
             }
@@ -410,11 +456,15 @@ impl Session {
                 }
                 if t.is_final && !t.text.trim().is_empty() {
                     if let Some(since) = self.awaiting_final_since.take() {
-                        self.deps.metrics.stt_final_latency.observe(secs(now.saturating_duration_since(since)));
+                        let waited = now.saturating_duration_since(since);
+                        self.deps.metrics.stt_final_latency.observe(secs(waited));
+                        self.turn_stt_final_ms = Some(waited.as_secs_f64() * 1000.0);
                     }
                 }
                 if let Some(sig) = self.turns.transcript(&t.text, t.is_final, t.from_finalize, now) {
                     self.on_turn_signal(sig).await;
+                } else if t.is_final {
+                    self.maybe_speculate();
                 }
             }
             SttEvent::Disconnected { reason, kind } => {
@@ -450,6 +500,7 @@ impl Session {
     async fn on_turn_signal(&mut self, sig: TurnSignal) {
         match sig {
             TurnSignal::Started => {
+                self.abort_speculation();
                 self.idle_deadline = None;
                 self.idle_attempts = 0;
                 self.user_turn_started_ms = Some(self.now_ms());
@@ -489,6 +540,19 @@ impl Session {
     async fn on_user_turn(&mut self, text: String) {
         let start = self.user_turn_started_ms.take().unwrap_or_else(|| self.now_ms());
         let speech_ended = self.speech_ended.take();
+        self.pause = None;
+        // A speculative reply for exactly this text is kept aside; anything else goes.
+        let speculative = match self.speculation.as_deref() {
+            Some(spoken) if spoken == text => {
+                self.speculation = None;
+                self.reply.take()
+            }
+            Some(_) => {
+                self.abort_speculation();
+                None
+            }
+            None => None,
+        };
         if text.is_empty() {
             let first_reply_pending = self.transcript.iter().all(|(role, _)| role != "assistant");
             if (self.turn_interrupted_bot || first_reply_pending) && !self.recovered_empty_turn && !self.ending {
@@ -509,15 +573,107 @@ impl Session {
             return;
         }
         let action = self.persona.on_user_turn(&text).await;
-        match action {
-            Action::None => {
+        match (action, speculative) {
+            (Action::None, Some(reply)) => {
+                self.context.push(ChatMessage::user(text));
+                self.commit_speculation(reply, speech_ended).await;
+            }
+            (Action::None, None) => {
                 self.context.push(ChatMessage::user(text));
                 self.start_llm_reply(speech_ended);
             }
-            other => {
+            (other, speculative) => {
+                if speculative.is_some() {
+                    // The persona answered the turn itself.
+                    self.discard_speculative_work();
+                    Metrics::inc(&self.deps.metrics.speculative_replies, "result", "discarded");
+                }
                 self.context.push(ChatMessage::user(text));
                 self.perform(other, speech_ended).await;
             }
+        }
+    }
+
+    // ----- speculative replies ----------------------------------------------------------------
+
+    /// The caller paused (VAD's stop window began): ask STT for the final words now, so a reply
+    /// can be prepared while the window runs.
+    fn on_pause_start(&mut self, now: Instant) {
+        if !self.setup.turn_taking.speculative_replies || !self.turns.is_open() || self.ending {
+            return;
+        }
+        let Some(stt) = &self.stt else { return };
+        stt.finalize();
+        self.pause = Some(now);
+        self.awaiting_final_since = Some(now);
+        self.maybe_speculate();
+    }
+
+    /// Speech resumed within the stop window: whatever was prepared answers the wrong text.
+    fn on_pause_end(&mut self) {
+        self.pause = None;
+        self.abort_speculation();
+    }
+
+    /// Starts a held reply to the turn's settled text, if nothing else is going on.
+    fn maybe_speculate(&mut self) {
+        let Some(paused_at) = self.pause else { return };
+        if self.speculation.is_some() || self.reply.is_some() || self.ending {
+            return;
+        }
+        let Some(text) = self.turns.settled_text() else { return };
+        debug!(%text, "speculative reply");
+        self.open_unit = None;
+        let mut reply = Reply::new(After::Listen, Some(paused_at), self.now_ms());
+        reply.llm_requested = Some(Instant::now());
+        reply.held = Some(Vec::new());
+        self.reply = Some(reply);
+        self.splitter = SentenceSplitter::default();
+        self.tool_rounds = 0;
+        // The request carries the user's words; the context gets them only if the turn holds.
+        self.context.push(ChatMessage::user(text.clone()));
+        self.request_llm();
+        self.context.pop();
+        self.speculation = Some(text);
+    }
+
+    /// Drops a held reply and everything feeding it; nothing of it was played.
+    fn abort_speculation(&mut self) {
+        if self.speculation.take().is_none() {
+            return;
+        }
+        if self.reply.as_ref().is_some_and(|r| r.held.is_some()) {
+            self.reply = None;
+        }
+        self.discard_speculative_work();
+        Metrics::inc(&self.deps.metrics.speculative_replies, "result", "discarded");
+    }
+
+    fn discard_speculative_work(&mut self) {
+        self.llm = None;
+        self.splitter = SentenceSplitter::default();
+        self.synth = FuturesOrdered::new();
+        self.open_unit = None;
+        if let Some(tts) = &self.tts {
+            tts.clear();
+        }
+    }
+
+    /// The turn ended as predicted: play what was prepared and carry on from there.
+    async fn commit_speculation(&mut self, mut reply: Reply, speech_ended: Option<Instant>) {
+        Metrics::inc(&self.deps.metrics.speculative_replies, "result", "used");
+        reply.speech_ended = speech_ended.or(reply.speech_ended);
+        reply.turn_ended = Some(Instant::now());
+        reply.stt_final_ms = self.turn_stt_final_ms.take();
+        let held = reply.held.take().unwrap_or_default();
+        let parked = reply.parked_tools.take();
+        self.reply = Some(reply);
+        for out in held {
+            self.emit(out).await;
+        }
+        match parked {
+            Some(calls) => self.run_tools(calls).await,
+            None => self.check_reply_heard().await,
         }
     }
 
@@ -526,6 +682,7 @@ impl Session {
         if self.ending {
             return;
         }
+        self.abort_speculation();
         let action = self.persona.on_dtmf(&digits).await;
         match action {
             Action::None => {
@@ -609,6 +766,8 @@ impl Session {
         self.open_unit = None;
         let mut reply = Reply::new(After::Listen, speech_ended, self.now_ms());
         reply.llm_requested = Some(Instant::now());
+        reply.turn_ended = reply.llm_requested;
+        reply.stt_final_ms = self.turn_stt_final_ms.take();
         self.reply = Some(reply);
         self.splitter = SentenceSplitter::default();
         self.tool_rounds = 0;
@@ -734,6 +893,11 @@ impl Session {
                 if let Some(before) = self.splitter.finish() {
                     self.speak_sentence(before);
                 }
+                // Tools act on the world: a speculative reply runs them only once confirmed.
+                if let Some(reply) = self.reply.as_mut().filter(|r| r.held.is_some()) {
+                    reply.parked_tools = Some(calls);
+                    return;
+                }
                 if self.tool_rounds >= MAX_TOOL_ROUNDS {
                     warn!(rounds = self.tool_rounds, "the LLM keeps calling tools; answering with an apology");
                     self.speak_sentence(APOLOGY.to_string());
@@ -750,6 +914,12 @@ impl Session {
                 }
                 self.complete_reply_text();
                 self.check_reply_heard().await;
+            }
+            Some(Err(e)) if self.speculation.is_some() => {
+                // Nothing was said yet: the confirmed turn asks again.
+                self.deps.metrics.provider_error("llm", e.kind().as_str());
+                warn!(error = %e, "LLM failed on a speculative reply");
+                self.abort_speculation();
             }
             Some(Err(e)) => {
                 self.llm = None;
@@ -812,11 +982,11 @@ impl Session {
                         .tts_first_byte
                         .observe(secs(received_at.into_std().saturating_duration_since(u.sent_at)));
                 }
-                self.emit(CallOutput::Audio(audio.to_vec())).await;
+                self.emit_reply(CallOutput::Audio(audio.to_vec())).await;
             }
             TtsEvent::Flushed { reply: id, .. } => {
                 if self.reply.as_ref().is_some_and(|r| r.owns(id)) {
-                    self.emit(CallOutput::Mark(mark_name(id))).await;
+                    self.emit_reply(CallOutput::Mark(mark_name(id))).await;
                 }
             }
             TtsEvent::Failed { replies, error } => {
@@ -845,7 +1015,7 @@ impl Session {
                     None => Vec::new(),
                 };
                 for id in partial {
-                    self.emit(CallOutput::Mark(mark_name(id))).await;
+                    self.emit_reply(CallOutput::Mark(mark_name(id))).await;
                 }
             }
             TtsEvent::Disconnected { reason, kind } => {
@@ -863,8 +1033,8 @@ impl Session {
         match result {
             Ok(audio) => {
                 self.synth_failures = 0;
-                self.emit(CallOutput::Audio(audio)).await;
-                self.emit(CallOutput::Mark(mark_name(id))).await;
+                self.emit_reply(CallOutput::Audio(audio)).await;
+                self.emit_reply(CallOutput::Mark(mark_name(id))).await;
             }
             Err(e) => {
                 self.deps.metrics.provider_error("tts", "fallback");
@@ -878,7 +1048,7 @@ impl Session {
                 }
                 // Skip this sentence (a later mark or this one covers it) and carry on.
                 warn!(error = %e, "text-to-speech retry failed; skipping the sentence");
-                self.emit(CallOutput::Mark(mark_name(id))).await;
+                self.emit_reply(CallOutput::Mark(mark_name(id))).await;
             }
         }
     }
@@ -896,13 +1066,14 @@ impl Session {
 
     /// Once the whole reply has been heard: record it and do what comes after.
     async fn check_reply_heard(&mut self) {
-        if !self.reply.as_ref().is_some_and(Reply::all_heard) || self.llm.is_some() {
+        if !self.reply.as_ref().is_some_and(|r| r.all_heard() && r.held.is_none()) || self.llm.is_some() {
             return;
         }
         let Some(reply) = self.reply.take() else { return };
         let text = reply.full_text();
         let latency = TurnLatency {
-            stt_final_ms: None,
+            stt_final_ms: reply.stt_final_ms,
+            endpoint_ms: ms_between(reply.speech_ended, reply.turn_ended),
             llm_first_token_ms: ms_between(reply.llm_requested, reply.llm_first_token),
             tts_first_byte_ms: reply.utterances.first().and_then(|u| ms_between(Some(u.sent_at), u.first_audio)),
             voice_to_voice_ms: ms_between(reply.speech_ended, reply.first_audio_sent),

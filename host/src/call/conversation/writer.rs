@@ -32,6 +32,9 @@ pub struct TranscriptLine {
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct TurnLatency {
     pub stt_final_ms: Option<f64>,
+    /// Speech end → the turn was judged over and the reply requested (VAD stop window, Smart
+    /// Turn, waiting for the final transcript).
+    pub endpoint_ms: Option<f64>,
     pub llm_first_token_ms: Option<f64>,
     pub tts_first_byte_ms: Option<f64>,
     pub voice_to_voice_ms: Option<f64>,
