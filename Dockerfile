@@ -58,8 +58,8 @@ COPY --from=build /src/target/release/switchboard /usr/local/bin/switchboard
 COPY --from=models /models/libonnxruntime.so.1.31.1 /models/silero_vad.onnx /models/smart-turn-v3.2-cpu.onnx /opt/switchboard/models/
 COPY --from=plugins /src/plugins/target/personas/ /opt/switchboard/personas/
 COPY deploy/personas/routes.toml /opt/switchboard/personas/routes.toml
-COPY deploy/docker/entrypoint.sh /usr/local/bin/switchboard-entrypoint
-COPY deploy/docker/healthcheck.sh /usr/local/bin/switchboard-healthcheck
+COPY --chmod=755 deploy/docker/entrypoint.sh /usr/local/bin/switchboard-entrypoint
+COPY --chmod=755 deploy/docker/healthcheck.sh /usr/local/bin/switchboard-healthcheck
 ENV SWITCHBOARD_MODELS_DIR=/opt/switchboard/models \
     ORT_DYLIB_PATH=/opt/switchboard/models/libonnxruntime.so.1.31.1 \
     PERSONAS_SEED_DIR=/opt/switchboard/personas \

@@ -125,15 +125,19 @@ class Copy:
     source_stage: str | None  # None: the build context
     sources: list[str]
     dest: str
+    chmod: int | None = None
 
 
 def parse_copy(args: str) -> Copy:
     words = shlex.split(args)
     source_stage = None
+    chmod = None
     flags = [w for w in words if w.startswith("--")]
     for f in flags:
         if f.startswith("--from="):
             source_stage = f.split("=", 1)[1]
+        elif f.startswith("--chmod=") and f[8:].isdigit():
+            chmod = int(f[8:], 8)
         else:
             raise CheckError(f"COPY {args!r}: flag {f} is not reproduced by this check (and Modal's builder rejects most)")
     rest = [w for w in words if not w.startswith("--")]
@@ -142,7 +146,7 @@ def parse_copy(args: str) -> Copy:
     for s in rest[:-1]:
         if "$" in s or "*" in s:
             raise CheckError(f"COPY source {s!r}: no variables or globs (Modal's builder uploads by literal path)")
-    return Copy(source_stage, rest[:-1], rest[-1])
+    return Copy(source_stage, rest[:-1], rest[-1], chmod)
 
 
 def local_source(copy: Copy, source: str, repo: Path, binary: Path, plugins_out: Path) -> Path:
@@ -210,7 +214,11 @@ def cmd_assemble(args: argparse.Namespace) -> None:
         dest_is_dir = c.dest.endswith("/") or len(c.sources) > 1
         for s in c.sources:
             src = local_source(c, s, args.repo, args.binary, args.plugins_out)
-            files += copy_into(src, inside(tree, c.dest), dest_is_dir)
+            copied = copy_into(src, inside(tree, c.dest), dest_is_dir)
+            if c.chmod is not None:
+                for f in copied:
+                    f.chmod(c.chmod)
+            files += copied
 
     env = parse_env(rt.all("ENV"))
     volumes = exec_form(rt.last("VOLUME") or "[]", "VOLUME")
