@@ -6,6 +6,7 @@ mod diagnostic;
 mod fakes;
 mod harness;
 mod plugins;
+mod scale_out;
 mod services;
 mod sim;
 mod support;
