@@ -226,26 +226,25 @@ async function loadCalls({ append = false } = {}) {
 
 // ----- one call ----------------------------------------------------------------------------
 
-function metaItem(label, value) {
-  return el("div", {}, el("dt", {}, label), el("dd", {}, value));
+function metaItem(label, value, title, wide) {
+  return el("div", { class: wide ? "wide" : null }, el("dt", {}, label), el("dd", { title: title || value }, value));
 }
 
 function renderMeta(call) {
   $("call-title").textContent = call.call_sid;
   $("call-outcome").replaceChildren(outcomeBadge(call));
-  const persona = call.persona
-    ? `${call.persona.name}${call.persona.version ? "@" + shortHash(call.persona.version) : " (built-in)"}`
-    : "—";
-  $("call-meta").replaceChildren(
+  const p = call.persona;
+  const persona = p ? p.name + (p.version ? "@" + shortHash(p.version) : "") : call.requested_persona || "—";
+  const items = [
     metaItem("Started", new Date(call.started_at_ms).toLocaleString()),
     metaItem("Duration", fmtDuration(call.duration_ms)),
     metaItem("Direction", call.direction || "unknown"),
-    metaItem("From → To", `${call.from || "—"} → ${call.to || "—"}`),
-    metaItem("Persona", persona),
+    metaItem("From → To", `${call.from || "—"} → ${call.to || "—"}`, null, true),
+    metaItem("Persona", persona, p && p.version ? `${p.name}, version ${p.version}` : persona),
     metaItem("Caller turns", String(call.turns)),
-    call.outcome_detail ? metaItem("Detail", call.outcome_detail) : null,
-  );
-  if (call.persona && call.persona.version) $("call-meta").lastChild.title = call.persona.version;
+  ];
+  if (call.outcome_detail) items.push(metaItem("Detail", call.outcome_detail, null, true));
+  $("call-meta").replaceChildren(...items);
 }
 
 function seekTo(ms) {

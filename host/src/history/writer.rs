@@ -163,14 +163,23 @@ fn take(m: Msg, pending: &mut Vec<(Box<str>, CallEvent)>, acks: &mut Vec<SyncSen
 }
 
 /// Applies `events` in one transaction. An event that fails for a reason retrying can't fix is
-/// skipped (rolled back to its savepoint, counted); a transient failure aborts the whole batch so
-/// it can be retried as a unit.
+/// skipped (counted) and the rest written; a transient failure aborts the whole batch so it can be
+/// retried as a unit.
 pub fn write_batch(
     conn: &mut Connection,
     events: &[(Box<str>, CallEvent)],
     metrics: &Metrics,
     throttle: &mut LogThrottle,
 ) -> Result<(), rusqlite::Error> {
+    // Fast path: the whole batch in one go, no per-event savepoints.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let first_error = events.iter().find_map(|(sid, event)| apply(&tx, sid, event).err());
+    match first_error {
+        None => return tx.commit(),
+        Some(e) if transient(error_kind(&e)) => return Err(e),
+        // One bad event: start over, isolating each event in a savepoint.
+        Some(_) => tx.rollback()?,
+    }
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for (sid, event) in events {
         let mut sp = tx.savepoint()?;
@@ -382,6 +391,37 @@ mod tests {
         assert_eq!(error_kind(&err), "full", "{err}");
         let n: i64 = c.query_row("SELECT count(*) FROM lines", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 0, "nothing half-written");
+    }
+
+    #[test]
+    fn an_event_that_can_never_be_written_is_skipped_and_the_rest_kept() {
+        let (_d, mut c) = conn();
+        c.execute_batch(
+            "CREATE TRIGGER reject BEFORE INSERT ON lines WHEN NEW.text = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned line'); END;",
+        )
+        .unwrap();
+        let metrics = Metrics::new();
+        let events = vec![
+            started("CA5"),
+            ("CA5".into(), line("user", "poison", None)),
+            ("CA5".into(), line("user", "fine", None)),
+            ("CA5".into(), CallEvent::Ended { outcome: "failed".into(), detail: None, ended_at_ms: 2_000 }),
+        ];
+        write_batch(&mut c, &events, &metrics, &mut LogThrottle::new(Duration::from_secs(10))).unwrap();
+        let texts: Vec<String> = c
+            .prepare("SELECT text FROM lines")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(texts, ["fine"]);
+        let outcome: String = c.query_row("SELECT outcome FROM calls", [], |r| r.get(0)).unwrap();
+        assert_eq!(outcome, "failed");
+        let text = metrics.render();
+        assert!(text.contains("switchboard_history_errors_total{kind=\"other\"} 1"), "{text}");
+        assert!(text.contains("switchboard_history_dropped_events_total 1"), "{text}");
     }
 
     #[test]
