@@ -177,8 +177,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, public_url = ?config.public_url.as_ref().map(|u| u.as_str()), "switchboard listening");
-    let state = AppState::new(config, sessions, metrics)?;
-    http::serve(listener, state, shutdown_signal()).await
+    let history = {
+        let (config, metrics) = (config.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || crate::history::open_for_server(&config, metrics))
+            .await
+            .context("opening the call history")?
+    };
+    let mut state = AppState::new(config, sessions, metrics)?;
+    if let Some(h) = &history {
+        state = state.with_history(h);
+    }
+    let served = http::serve(listener, state, shutdown_signal()).await;
+    if let Some(h) = history {
+        // Write what the last calls reported before exiting.
+        let _ = tokio::task::spawn_blocking(move || h.close()).await;
+    }
+    served
 }
 
 async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {

@@ -15,6 +15,8 @@ use crate::telephony::twilio::rest::DEFAULT_BASE_URL as TWILIO_DEFAULT_BASE_URL;
 pub const DEFAULT_DEEPGRAM_BASE_URL: &str = "https://api.deepgram.com";
 pub const DEFAULT_GROQ_BASE_URL: &str = "https://api.groq.com/openai/v1";
 pub const DEFAULT_PORT: u16 = 7860;
+/// Where the call history lives unless `DATABASE_PATH` says otherwise (beside `recordings/`).
+pub const DEFAULT_DATABASE_PATH: &str = "data/switchboard.db";
 
 /// A configuration value that can't be used.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,10 @@ pub struct Config {
     pub dialout_api_key: Option<String>,
     pub recordings_dir: PathBuf,
     pub personas_dir: PathBuf,
+    /// The call history's SQLite file; `None` = history off (`HISTORY=off` or empty `DATABASE_PATH`).
+    pub database_path: Option<PathBuf>,
+    /// Key for `/api/*`; when unset the API answers only direct requests from this machine.
+    pub api_key: Option<String>,
     /// Secret for stream tokens; derived from the Twilio auth token when unset.
     pub stream_token_secret: Option<String>,
     pub drain_timeout: Duration,
@@ -80,6 +86,11 @@ struct Sources {
 }
 
 impl Sources {
+    /// Like `get`, but tells "set to empty" (`Some("")`) from "not set" (`None`).
+    fn raw(&self, name: &str) -> Option<String> {
+        self.env.get(name).or_else(|| self.file.get(&name.to_ascii_lowercase())).map(|v| v.trim().to_string())
+    }
+
     fn get(&self, name: &str) -> Option<String> {
         self.env
             .get(name)
@@ -161,6 +172,23 @@ impl Config {
                 None => 60,
             },
         };
+        let history_on = match src.get("HISTORY").map(|v| v.to_ascii_lowercase()) {
+            None => true,
+            Some(v) if matches!(v.as_str(), "on" | "true" | "1" | "yes") => true,
+            Some(v) if matches!(v.as_str(), "off" | "false" | "0" | "no") => false,
+            Some(v) => return Err(invalid("HISTORY", format!("expected on or off, got {v:?}"))),
+        };
+        let database_path = match src.raw("DATABASE_PATH") {
+            _ if !history_on => None,
+            Some(p) if p.is_empty() => None,
+            Some(p) => Some(PathBuf::from(p)),
+            None => Some(PathBuf::from(DEFAULT_DATABASE_PATH)),
+        };
+        let api_key = src.get("API_KEY");
+        if api_key.is_none() && database_path.is_some() {
+            warnings
+                .push("API_KEY not set: /api/* (call history) answers only direct requests from this machine".into());
+        }
         let config = Config {
             host: overrides.host.clone().or_else(|| src.get("HOST")).unwrap_or_else(|| "0.0.0.0".into()),
             port,
@@ -174,6 +202,8 @@ impl Config {
             dialout_api_key,
             recordings_dir: src.get("RECORDINGS_DIR").map(PathBuf::from).unwrap_or_else(|| "recordings".into()),
             personas_dir: src.get("PERSONAS_DIR").map(PathBuf::from).unwrap_or_else(|| "personas".into()),
+            database_path,
+            api_key,
             stream_token_secret: src.get("STREAM_TOKEN_SECRET"),
             drain_timeout: Duration::from_secs(drain_secs),
             insecure_skip_signature: overrides.insecure_skip_signature,
@@ -268,6 +298,31 @@ mod tests {
         assert!(e.to_string().starts_with("PORT"));
         let e = Config::from_sources(&Overrides::default(), env(&[("GROQ_BASE_URL", "ftp:nothing")])).unwrap_err();
         assert!(e.to_string().starts_with("GROQ_BASE_URL"));
+    }
+
+    #[test]
+    fn history_is_on_by_default_and_off_by_switch_or_empty_path() {
+        let (c, w) = Config::from_sources(&Overrides::default(), env(&[])).unwrap();
+        assert_eq!(c.database_path.as_deref(), Some(Path::new(DEFAULT_DATABASE_PATH)));
+        assert!(c.api_key.is_none());
+        assert!(w.iter().any(|w| w.contains("API_KEY not set")), "{w:?}");
+        let (c, _) =
+            Config::from_sources(&Overrides::default(), env(&[("DATABASE_PATH", "/var/lib/sb/h.db")])).unwrap();
+        assert_eq!(c.database_path.as_deref(), Some(Path::new("/var/lib/sb/h.db")));
+        let (c, _) = Config::from_sources(&Overrides::default(), env(&[("DATABASE_PATH", "")])).unwrap();
+        assert!(c.database_path.is_none(), "an empty path turns history off");
+        for off in ["off", "OFF", "false", "0"] {
+            let (c, _) =
+                Config::from_sources(&Overrides::default(), env(&[("HISTORY", off), ("DATABASE_PATH", "x.db")]))
+                    .unwrap();
+            assert!(c.database_path.is_none(), "HISTORY={off}");
+        }
+        let (c, w) = Config::from_sources(&Overrides::default(), env(&[("HISTORY", "on"), ("API_KEY", "k")])).unwrap();
+        assert!(c.database_path.is_some());
+        assert_eq!(c.api_key.as_deref(), Some("k"));
+        assert!(!w.iter().any(|w| w.starts_with("API_KEY")), "{w:?}");
+        let e = Config::from_sources(&Overrides::default(), env(&[("HISTORY", "maybe")])).unwrap_err();
+        assert!(e.to_string().starts_with("HISTORY"), "{e}");
     }
 
     #[test]

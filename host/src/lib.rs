@@ -7,6 +7,7 @@ pub mod audio;
 pub mod call;
 pub mod cli;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod persona;

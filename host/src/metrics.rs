@@ -38,6 +38,12 @@ pub struct Metrics {
     pub plugin_reloads: Family<Label, Counter>,
     /// Persona plugin faults (the call went on with the built-in behaviour), by kind.
     pub plugin_faults: Family<Label, Counter>,
+    /// Call history writes that failed, by kind (`busy`, `full`, `io`, `open`, `other`).
+    pub history_errors: Family<Label, Counter>,
+    /// Call events the history never stored (writer behind, or a write given up on).
+    pub history_dropped_events: Counter,
+    /// Call events stored in the history.
+    pub history_events_written: Counter,
 }
 
 /// Buckets (seconds) for latencies from a few ms to several seconds.
@@ -109,6 +115,20 @@ impl Metrics {
         registry.register("plugin_reloads", "Persona plugin loads, by result", plugin_reloads.clone());
         let plugin_faults = Family::<Label, Counter>::default();
         registry.register("plugin_faults", "Persona plugin faults, by kind", plugin_faults.clone());
+        let history_errors = Family::<Label, Counter>::default();
+        registry.register("history_errors", "Call history write failures, by kind", history_errors.clone());
+        let history_dropped_events = Counter::default();
+        registry.register(
+            "history_dropped_events",
+            "Call events the history could not store",
+            history_dropped_events.clone(),
+        );
+        let history_events_written = Counter::default();
+        registry.register(
+            "history_events_written",
+            "Call events stored in the history",
+            history_events_written.clone(),
+        );
         Self {
             registry,
             provider_errors,
@@ -120,6 +140,9 @@ impl Metrics {
             speculative_replies,
             plugin_reloads,
             plugin_faults,
+            history_errors,
+            history_dropped_events,
+            history_events_written,
             calls_active,
             calls_total,
             webhooks_rejected,

@@ -41,7 +41,7 @@ pub fn is_e164(n: &str) -> bool {
 }
 
 /// Compares keys without leaking their contents through timing.
-fn same_key(given: &str, expected: &str) -> bool {
+pub(super) fn same_key(given: &str, expected: &str) -> bool {
     let mac = |s: &str| {
         let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"dialout-key").expect("any key length");
         m.update(s.as_bytes());

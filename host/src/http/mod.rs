@@ -1,11 +1,14 @@
 //! The HTTP surface: Twilio webhooks, dial-out, the media WebSocket, health and metrics.
 
+mod dashboard;
 mod dialout;
 mod drain;
+mod history_api;
 mod media_ws;
 mod public_url;
 mod webhooks;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +43,8 @@ pub struct AppState {
     pub public_url: PublicUrl,
     /// Call events: the history's sink and live feeds hang off it.
     pub events: Arc<CallEvents>,
+    /// The call history's reader for `/api/calls`; `None` when history is off.
+    pub history: Option<Arc<crate::history::HistoryReader>>,
 }
 
 impl AppState {
@@ -80,7 +85,15 @@ impl AppState {
             drain: Arc::new(Drain::default()),
             public_url,
             events,
+            history: None,
         })
+    }
+
+    /// Records every call in `history` and serves it on `/api/calls`.
+    pub fn with_history(mut self, history: &crate::history::History) -> Self {
+        self.events.add_sink(history.sink());
+        self.history = Some(history.reader());
+        self
     }
 }
 
@@ -94,6 +107,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(media_ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(history_api::routes(state.clone()))
+        .merge(dashboard::routes())
         .with_state(state)
 }
 
@@ -128,6 +143,9 @@ pub async fn serve(
             tracing::warn!(active_calls = drain.active(), "drain timeout: stopping with calls in progress");
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(graceful).await?;
+    // The peer address lets /api/* tell a local request from a remote one.
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(graceful)
+        .await?;
     Ok(())
 }

@@ -17,6 +17,7 @@ use switchboard::call::persona::{
 };
 use switchboard::call::CallInfo;
 use switchboard::config::Overrides;
+use switchboard::http::AppState;
 use switchboard::metrics::Metrics;
 use switchboard::services::llm::openai_compat::{OpenAiCompat, OpenAiCompatConfig};
 use switchboard::services::stt::deepgram::{DeepgramStt, DeepgramSttConfig};
@@ -53,7 +54,7 @@ pub(crate) fn engines() -> (Arc<VadEngine>, SmartTurnHandle) {
 /// A persona for tests: the built-in one with a shorter idle timeout, optional tools, and a
 /// record of the hooks called.
 #[derive(Clone, Default)]
-struct TestPersona {
+pub(crate) struct TestPersona {
     idle: Option<Duration>,
     /// The VAD stop window, when not the default.
     vad_stop_secs: Option<f64>,
@@ -122,13 +123,14 @@ impl Persona for TestPersonaCall {
 }
 
 /// A server with the conversation engine and every provider faked.
-struct Rig {
-    server: TestServer,
-    stt: FakeDeepgramStt,
-    tts: FakeDeepgramTts,
+pub(crate) struct Rig {
+    pub(crate) server: TestServer,
+    pub(crate) stt: FakeDeepgramStt,
+    pub(crate) tts: FakeDeepgramTts,
     groq: FakeGroq,
     rest: FakeTwilio,
-    recordings: tempfile::TempDir,
+    pub(crate) recordings: tempfile::TempDir,
+    pub(crate) metrics: Arc<Metrics>,
     events: Arc<EventLog>,
 }
 
@@ -151,6 +153,15 @@ impl EventLog {
 
 impl Rig {
     async fn start(persona: TestPersona) -> Rig {
+        Self::start_with(persona, &[], |s| s).await
+    }
+
+    /// A rig whose server also gets `extra_env` and whatever `customise` does to its state.
+    pub(crate) async fn start_with(
+        persona: TestPersona,
+        extra_env: &[(&str, &str)],
+        customise: impl FnOnce(AppState) -> AppState,
+    ) -> Rig {
         let stt = FakeDeepgramStt::start().await;
         let tts = FakeDeepgramTts::start().await;
         let groq = FakeGroq::start().await;
@@ -173,14 +184,22 @@ impl Rig {
             ("TWILIO_AUTH_TOKEN", AUTH_TOKEN.to_string()),
             ("TWILIO_API_BASE_URL", rest.base_url().to_string()),
         ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let server = TestServer::start_with_metrics(&env, Overrides::default(), Arc::new(conversation), metrics).await;
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend_from_slice(extra_env);
+        let server = TestServer::start_customised(
+            &env,
+            Overrides::default(),
+            Arc::new(conversation),
+            metrics.clone(),
+            customise,
+        )
+        .await;
         let events = Arc::new(EventLog::default());
         server.state.events.add_sink(events.clone());
-        Rig { server, stt, tts, groq, rest, recordings, events }
+        Rig { server, stt, tts, groq, rest, recordings, metrics, events }
     }
 
-    fn plan(&self, clip: &str, hangup_after: Duration) -> CallPlan {
+    pub(crate) fn plan(&self, clip: &str, hangup_after: Duration) -> CallPlan {
         let audio = CallerAudio::from_wav_file(&fixture(clip), &Segmentation::default()).expect("clip");
         let mut plan = CallPlan::new(format!("{}/", self.server.base).parse().unwrap(), Arc::new(audio));
         plan.auth_token = Some(AUTH_TOKEN.into());
@@ -191,7 +210,7 @@ impl Rig {
     }
 
     /// Runs the call with the simulator, letting the fake REST end it when the bot hangs up.
-    async fn call(&self, mut plan: CallPlan) -> CallReport {
+    pub(crate) async fn call(&self, mut plan: CallPlan) -> CallReport {
         self.rest.seed_call(&plan.call_sid, &plan.from, &plan.to, "inbound", "in-progress");
         plan.end_signal = Some(self.rest.end_signal(&plan.call_sid));
         let report = simulate_call(&plan).await;
@@ -219,7 +238,7 @@ impl Rig {
             .collect()
     }
 
-    fn transcript_lines(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn transcript_lines(&self) -> Vec<serde_json::Value> {
         let path = std::fs::read_dir(self.recordings.path())
             .unwrap()
             .map(|e| e.unwrap().path())

@@ -32,11 +32,23 @@ impl TestServer {
         sessions: Arc<dyn SessionFactory>,
         metrics: Arc<switchboard::metrics::Metrics>,
     ) -> TestServer {
+        Self::start_customised(env, overrides, sessions, metrics, |s| s).await
+    }
+
+    /// Like `start_with_metrics`, letting the test adjust the state (attach a history, …)
+    /// before the server starts.
+    pub async fn start_customised(
+        env: &[(&str, &str)],
+        overrides: Overrides,
+        sessions: Arc<dyn SessionFactory>,
+        metrics: Arc<switchboard::metrics::Metrics>,
+        customise: impl FnOnce(AppState) -> AppState,
+    ) -> TestServer {
         let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (config, _warnings) = Config::from_sources(&overrides, env).expect("config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState::new(config, sessions, metrics).expect("state");
+        let state = customise(AppState::new(config, sessions, metrics).expect("state"));
         let (tx, rx) = oneshot::channel::<()>();
         let finished = tokio::spawn(http::serve(listener, state.clone(), async move {
             let _ = rx.await;

@@ -5,6 +5,7 @@ mod conversation;
 mod diagnostic;
 mod fakes;
 mod harness;
+mod history;
 mod plugins;
 mod scale_out;
 mod services;
