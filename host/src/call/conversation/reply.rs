@@ -32,6 +32,8 @@ pub struct Reply {
     pub after: After,
     /// When the caller's speech that this reply answers ended (for voice-to-voice latency).
     pub speech_ended: Option<Instant>,
+    /// End of that speech to its final transcript, in milliseconds.
+    pub stt_final_ms: Option<f64>,
     pub llm_requested: Option<Instant>,
     pub llm_first_token: Option<Instant>,
     pub first_audio_sent: Option<Instant>,
@@ -57,6 +59,7 @@ impl Reply {
             text_complete: false,
             after,
             speech_ended,
+            stt_final_ms: None,
             llm_requested: None,
             llm_first_token: None,
             first_audio_sent: None,

@@ -63,6 +63,9 @@ struct Session {
     turns: TurnTracker,
     speech_ended: Option<Instant>,
     awaiting_final_since: Option<Instant>,
+    /// When the latest final transcript arrived, and the STT latency of the turn just ended.
+    last_final_at: Option<Instant>,
+    turn_stt_final_ms: Option<f64>,
     // Providers.
     stt: Option<SttHandle>,
     tts: Option<TtsHandle>,
@@ -166,6 +169,8 @@ pub(super) async fn run(deps: Arc<ConversationDeps>, info: CallInfo, mut io: Ses
         turns,
         speech_ended: None,
         awaiting_final_since: None,
+        last_final_at: None,
+        turn_stt_final_ms: None,
         stt,
         tts,
         llm: None,
@@ -409,6 +414,7 @@ impl Session {
                     self.events.emit(CallEvent::Interim { text: t.text.clone() });
                 }
                 if t.is_final && !t.text.trim().is_empty() {
+                    self.last_final_at = Some(now);
                     if let Some(since) = self.awaiting_final_since.take() {
                         self.deps.metrics.stt_final_latency.observe(secs(now.saturating_duration_since(since)));
                     }
@@ -489,6 +495,11 @@ impl Session {
     async fn on_user_turn(&mut self, text: String) {
         let start = self.user_turn_started_ms.take().unwrap_or_else(|| self.now_ms());
         let speech_ended = self.speech_ended.take();
+        // A final that came before the caller's speech ended cost no wait after it.
+        self.turn_stt_final_ms = match (speech_ended, self.last_final_at.take()) {
+            (Some(end), Some(fin)) => Some(fin.saturating_duration_since(end).as_secs_f64() * 1000.0),
+            _ => None,
+        };
         if text.is_empty() {
             let first_reply_pending = self.transcript.iter().all(|(role, _)| role != "assistant");
             if (self.turn_interrupted_bot || first_reply_pending) && !self.recovered_empty_turn && !self.ending {
@@ -609,6 +620,8 @@ impl Session {
         self.open_unit = None;
         let mut reply = Reply::new(After::Listen, speech_ended, self.now_ms());
         reply.llm_requested = Some(Instant::now());
+        let stt_final_ms = self.turn_stt_final_ms.take();
+        reply.stt_final_ms = if speech_ended.is_some() { stt_final_ms } else { None };
         self.reply = Some(reply);
         self.splitter = SentenceSplitter::default();
         self.tool_rounds = 0;
@@ -902,7 +915,7 @@ impl Session {
         let Some(reply) = self.reply.take() else { return };
         let text = reply.full_text();
         let latency = TurnLatency {
-            stt_final_ms: None,
+            stt_final_ms: reply.stt_final_ms,
             llm_first_token_ms: ms_between(reply.llm_requested, reply.llm_first_token),
             tts_first_byte_ms: reply.utterances.first().and_then(|u| ms_between(Some(u.sent_at), u.first_audio)),
             voice_to_voice_ms: ms_between(reply.speech_ended, reply.first_audio_sent),
