@@ -54,6 +54,8 @@ pub struct Config {
     pub groq_api_key: Option<String>,
     pub groq_base_url: Url,
     pub dialout_api_key: Option<String>,
+    /// Opens the browser playground to non-local visitors who present it (`None`: localhost only).
+    pub playground_key: Option<String>,
     pub recordings_dir: PathBuf,
     pub personas_dir: PathBuf,
     /// Secret for stream tokens; derived from the Twilio auth token when unset.
@@ -172,6 +174,7 @@ impl Config {
             groq_api_key,
             groq_base_url: url_or("GROQ_BASE_URL", &src, DEFAULT_GROQ_BASE_URL)?,
             dialout_api_key,
+            playground_key: src.get("PLAYGROUND_KEY"),
             recordings_dir: src.get("RECORDINGS_DIR").map(PathBuf::from).unwrap_or_else(|| "recordings".into()),
             personas_dir: src.get("PERSONAS_DIR").map(PathBuf::from).unwrap_or_else(|| "personas".into()),
             stream_token_secret: src.get("STREAM_TOKEN_SECRET"),

@@ -1,8 +1,10 @@
-//! The HTTP surface: Twilio webhooks, dial-out, the media WebSocket, health and metrics.
+//! The HTTP surface: Twilio webhooks, dial-out, the media WebSocket, the browser playground,
+//! health and metrics.
 
 mod dialout;
 mod drain;
 mod media_ws;
+pub mod playground;
 mod public_url;
 mod webhooks;
 
@@ -94,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(media_ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(playground::routes(state.clone()))
         .with_state(state)
 }
 
@@ -128,6 +131,9 @@ pub async fn serve(
             tracing::warn!(active_calls = drain.active(), "drain timeout: stopping with calls in progress");
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(graceful).await?;
+    // The peer address tells the playground whether a visitor is local.
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(graceful)
+        .await?;
     Ok(())
 }
