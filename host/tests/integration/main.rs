@@ -5,6 +5,7 @@ mod conversation;
 mod diagnostic;
 mod fakes;
 mod harness;
+mod playground;
 mod plugins;
 mod services;
 mod sim;
