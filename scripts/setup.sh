@@ -6,8 +6,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 # Debian packages: speech fixtures (espeak-ng, sox), model fetch (unzip), libsoxr0 (Smart Turn
-# resamples each segment with the same library as the reference, bit for bit).
-APT_PACKAGES=(espeak-ng sox unzip libsoxr0)
+# resamples each segment with the same library as the reference, bit for bit), chromium (the
+# playground's browser test; playwright-core drives it directly, no chromium-driver needed).
+APT_PACKAGES=(espeak-ng sox unzip libsoxr0 chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,3 +29,15 @@ bash host/tests/parity/setup_venv.sh
 # Persona plugins (WebAssembly components) the plugin tests run: Debian's rustc-web toolchain is
 # installed on first use when rustup has no wasm32-wasip2 target.
 bash plugins/build.sh
+
+# The playground's browser test: playwright-core from npm (pinned by package-lock.json; it
+# downloads no browser). Needs Node.js 20 or newer — Debian 12's apt has only 18.
+browser_tests="host/tests/browser"
+node_major="$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/' || true)"
+if [ -z "$node_major" ] || [ "$node_major" -lt 20 ]; then
+    echo "setup: Node.js 20 or newer is needed for the browser tests (found: ${node_major:-none}); install it from nodejs.org or NodeSource" >&2
+elif ! cmp -s "$browser_tests/package-lock.json" "$browser_tests/node_modules/.switchboard-installed"; then
+    echo "setup: installing the browser test packages (npm ci)"
+    (cd "$browser_tests" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+    cp "$browser_tests/package-lock.json" "$browser_tests/node_modules/.switchboard-installed"
+fi

@@ -7,3 +7,5 @@ bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The image's runtime stage, rebuilt as a directory and started (no Docker engine needed).
+bash scripts/check-deploy.sh

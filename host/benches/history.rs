@@ -48,7 +48,8 @@ fn call_events(lines: usize) -> Vec<CallEvent> {
             end_ms: i as u64 * 3_000 + 2_500,
             interrupted: false,
             latency: bot.then_some(TurnLatency {
-                stt_final_ms: None,
+                stt_final_ms: Some(1.3),
+                endpoint_ms: Some(228.0),
                 llm_first_token_ms: Some(212.4),
                 tts_first_byte_ms: Some(98.1),
                 voice_to_voice_ms: Some(640.7),

@@ -56,6 +56,8 @@ pub struct Config {
     pub groq_api_key: Option<String>,
     pub groq_base_url: Url,
     pub dialout_api_key: Option<String>,
+    /// Opens the browser playground to non-local visitors who present it (`None`: localhost only).
+    pub playground_key: Option<String>,
     pub recordings_dir: PathBuf,
     pub personas_dir: PathBuf,
     /// The call history's SQLite file; `None` = history off (`HISTORY=off` or empty `DATABASE_PATH`).
@@ -200,6 +202,7 @@ impl Config {
             groq_api_key,
             groq_base_url: url_or("GROQ_BASE_URL", &src, DEFAULT_GROQ_BASE_URL)?,
             dialout_api_key,
+            playground_key: src.get("PLAYGROUND_KEY"),
             recordings_dir: src.get("RECORDINGS_DIR").map(PathBuf::from).unwrap_or_else(|| "recordings".into()),
             personas_dir: src.get("PERSONAS_DIR").map(PathBuf::from).unwrap_or_else(|| "personas".into()),
             database_path,

@@ -137,4 +137,8 @@ pub type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Starts one session per call.
 pub trait SessionFactory: Send + Sync {
     fn start(&self, info: CallInfo, io: SessionIo) -> SessionFuture;
+    /// Personas a call can ask for by name, besides the built-in one (the playground lists them).
+    fn persona_names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -125,6 +125,9 @@ pub struct CallSummary {
     pub transcript: Vec<(String, String)>,
 }
 
+/// The name the built-in persona goes by (in the call history and the playground).
+pub const BUILTIN_NAME: &str = "built-in";
+
 /// Which persona serves a call, for the call history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersonaIdentity {
@@ -135,7 +138,7 @@ pub struct PersonaIdentity {
 
 impl PersonaIdentity {
     pub fn builtin() -> Self {
-        Self { name: "built-in".into(), version: None }
+        Self { name: BUILTIN_NAME.into(), version: None }
     }
 }
 
@@ -160,6 +163,11 @@ pub trait Persona: Send {
 /// Chooses the persona for each call.
 pub trait PersonaProvider: Send + Sync {
     fn persona_for(&self, call: &CallInfo) -> Box<dyn Persona>;
+    /// Names of the personas a call can ask for by name (the built-in one is always available
+    /// and not listed).
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The reference bots' behaviour (Pipecat's Twilio inbound and outbound examples), built in.

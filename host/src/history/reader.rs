@@ -104,6 +104,7 @@ pub struct CallPage {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LineLatency {
     pub stt_final_ms: Option<f64>,
+    pub endpoint_ms: Option<f64>,
     pub llm_first_token_ms: Option<f64>,
     pub tts_first_byte_ms: Option<f64>,
     pub voice_to_voice_ms: Option<f64>,
@@ -226,7 +227,7 @@ impl HistoryReader {
             let Some((call, recording_path, transcript_path)) = head else { return Ok(None) };
             let mut stmt = c.prepare_cached(
                 "SELECT seq, role, text, start_ms, end_ms, interrupted, has_latency, stt_final_ms,
-                   llm_first_token_ms, tts_first_byte_ms, voice_to_voice_ms
+                   llm_first_token_ms, tts_first_byte_ms, voice_to_voice_ms, endpoint_ms
                  FROM lines WHERE call_sid = ?1 ORDER BY seq",
             )?;
             let lines = stmt
@@ -243,6 +244,7 @@ impl HistoryReader {
                             .then(|| {
                                 Ok::<_, rusqlite::Error>(LineLatency {
                                     stt_final_ms: r.get(7)?,
+                                    endpoint_ms: r.get(11)?,
                                     llm_first_token_ms: r.get(8)?,
                                     tts_first_byte_ms: r.get(9)?,
                                     voice_to_voice_ms: r.get(10)?,

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
         -- 1 when the line carried a latency record (even one with nothing measured).
         has_latency        INTEGER NOT NULL DEFAULT 0,
         stt_final_ms       REAL,
+        endpoint_ms        REAL,
         llm_first_token_ms REAL,
         tts_first_byte_ms  REAL,
         voice_to_voice_ms  REAL,

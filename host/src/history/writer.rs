@@ -256,8 +256,8 @@ fn insert_line(conn: &Connection, sid: &str, line: &TranscriptLine) -> Result<()
     // The next sequence number comes from the primary key's index: no per-call state to lose.
     conn.prepare_cached(
         "INSERT INTO lines (call_sid, seq, role, text, start_ms, end_ms, interrupted, has_latency,
-           stt_final_ms, llm_first_token_ms, tts_first_byte_ms, voice_to_voice_ms)
-         SELECT ?1, COALESCE(MAX(seq) + 1, 0), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+           stt_final_ms, endpoint_ms, llm_first_token_ms, tts_first_byte_ms, voice_to_voice_ms)
+         SELECT ?1, COALESCE(MAX(seq) + 1, 0), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12
          FROM lines WHERE call_sid = ?1",
     )?
     .execute(params![
@@ -269,6 +269,7 @@ fn insert_line(conn: &Connection, sid: &str, line: &TranscriptLine) -> Result<()
         line.interrupted,
         line.latency.is_some(),
         lat.stt_final_ms,
+        lat.endpoint_ms,
         lat.llm_first_token_ms,
         lat.tts_first_byte_ms,
         lat.voice_to_voice_ms,

@@ -1,10 +1,12 @@
-//! The HTTP surface: Twilio webhooks, dial-out, the media WebSocket, health and metrics.
+//! The HTTP surface: Twilio webhooks, dial-out, the media WebSocket, the browser playground,
+//! health and metrics.
 
 mod dashboard;
 mod dialout;
 mod drain;
 mod history_api;
 mod media_ws;
+pub mod playground;
 mod public_url;
 mod webhooks;
 
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -109,14 +112,19 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(history_api::routes(state.clone()))
         .merge(dashboard::routes())
+        .merge(playground::routes(state.clone()))
         .with_state(state)
 }
 
+/// 503 while draining, so a load balancer stops sending new calls to this instance.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    Json(serde_json::json!({
-        "status": if state.drain.is_draining() { "draining" } else { "ok" },
+    let draining = state.drain.is_draining();
+    let code = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let body = Json(serde_json::json!({
+        "status": if draining { "draining" } else { "ok" },
         "active_calls": state.drain.active(),
-    }))
+    }));
+    (code, body)
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -143,7 +151,7 @@ pub async fn serve(
             tracing::warn!(active_calls = drain.active(), "drain timeout: stopping with calls in progress");
         }
     };
-    // The peer address lets /api/* tell a local request from a remote one.
+    // The peer address lets /api/* and the playground tell a local visitor from a remote one.
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(graceful)
         .await?;

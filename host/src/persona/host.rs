@@ -309,6 +309,10 @@ impl PersonaProvider for PluginHost {
     fn persona_for(&self, call: &CallInfo) -> Box<dyn Persona> {
         Box::new(self.persona(call))
     }
+
+    fn names(&self) -> Vec<String> {
+        self.personas()
+    }
 }
 
 fn sha256(bytes: &[u8]) -> String {

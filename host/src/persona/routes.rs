@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use super::bindings::is_phone_number;
 use super::http::{AllowedHost, AllowlistError};
+use crate::call::persona::BUILTIN_NAME;
 use crate::call::{CallInfo, Direction};
 
 /// The file name inside `PERSONAS_DIR`.
@@ -156,13 +157,22 @@ impl Routes {
         Ok(routes)
     }
 
-    /// The persona a call asks for: inbound by `To`; outbound by the `/dialout` persona, else by
-    /// `From`. `loaded` says which names exist; anything else falls back to the default.
+    /// The persona a call asks for: a persona named in the call's (signed) set-up wins — the
+    /// `/dialout` persona, or the one picked in the playground, where `built-in` asks for no
+    /// plugin at all; else inbound by `To`, outbound by `From`. `loaded` says which names exist;
+    /// anything else falls back to the default.
     pub fn select<'a>(&'a self, call: &'a CallInfo, loaded: impl Fn(&str) -> bool) -> Option<&'a str> {
+        let requested = call.persona.as_deref();
+        if let Some(name) = requested.filter(|p| loaded(p)) {
+            return Some(name);
+        }
+        if requested == Some(BUILTIN_NAME) {
+            return None;
+        }
         let by_number = |n: &str| self.by_number.get(n).map(String::as_str).filter(|p| loaded(p));
         let chosen = match call.direction {
             Direction::Inbound => by_number(&call.to),
-            Direction::Outbound => call.persona.as_deref().filter(|p| loaded(p)).or_else(|| by_number(&call.from)),
+            Direction::Outbound => by_number(&call.from),
         };
         chosen.or_else(|| self.default.as_deref().filter(|p| loaded(p)))
     }
@@ -271,6 +281,19 @@ mod tests {
         let no_support = |p: &str| p != "support";
         assert_eq!(r.select(&call(Direction::Inbound, "", "+15550001111", None), no_support), Some("front"));
         assert_eq!(r.select(&call(Direction::Inbound, "", "+15550001111", None), |_| false), None);
+    }
+
+    #[test]
+    fn a_persona_named_at_set_up_wins_for_inbound_streams_too() {
+        // Playground streams are inbound and name their persona in a signed parameter.
+        let r = Routes::parse(FILE, MIB64).unwrap();
+        let all = |_: &str| true;
+        let pick = |p: Option<&str>| call(Direction::Inbound, "browser", "playground", p);
+        assert_eq!(r.select(&pick(Some("reminder")), all), Some("reminder"));
+        let plugins = |p: &str| p != "built-in";
+        assert_eq!(r.select(&pick(Some("built-in")), plugins), None, "built-in means no plugin, not the default");
+        assert_eq!(r.select(&pick(Some("gone")), |p: &str| p != "gone"), Some("front"));
+        assert_eq!(r.select(&pick(None), all), Some("front"));
     }
 
     #[test]

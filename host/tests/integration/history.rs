@@ -16,13 +16,14 @@ use switchboard::sim::{self, SimulateArgs};
 
 use crate::conversation::{fixture, Rig, TestPersona};
 use crate::harness::{ProbeSessions, TestServer, ACCOUNT_SID, AUTH_TOKEN};
+use crate::support::browser;
 
 /// A history in its own directory, shared with the test so it can flush and inspect it.
-fn open_history(dir: &Path, options: HistoryOptions, metrics: Arc<Metrics>) -> Arc<History> {
+pub(crate) fn open_history(dir: &Path, options: HistoryOptions, metrics: Arc<Metrics>) -> Arc<History> {
     Arc::new(History::open(&dir.join("data/switchboard.db"), options, metrics).expect("history opens"))
 }
 
-async fn flush(history: &Arc<History>) {
+pub(crate) async fn flush(history: &Arc<History>) {
     let h = history.clone();
     assert!(tokio::task::spawn_blocking(move || h.flush(Duration::from_secs(60))).await.unwrap(), "history flushed");
 }
@@ -151,7 +152,7 @@ async fn a_call_is_recorded_with_persona_outcome_latencies_and_a_seekable_record
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_simulated_calls_are_all_listed_and_paged() {
+async fn twenty_simulated_calls_are_listed_paged_and_shown_in_the_dashboard() {
     let (rig, history, _dir) = rig_with_history(&[], HistoryOptions::default()).await;
     let args = SimulateArgs {
         server: rig.server.base.parse().unwrap(),
@@ -165,7 +166,8 @@ async fn twenty_simulated_calls_are_all_listed_and_paged() {
         account_sid: Some(ACCOUNT_SID.into()),
         from: "+15005550006".into(),
         to: "+15005550001".into(),
-        hangup_after: Some(4.0),
+        // Long enough for the greeting, the first question and its answer.
+        hangup_after: Some(8.0),
         dtmf: Vec::new(),
         min_silence_ms: 400,
     };
@@ -211,6 +213,38 @@ async fn twenty_simulated_calls_are_all_listed_and_paged() {
     let metrics = rig.metrics.render();
     assert_eq!(metric(&metrics, "switchboard_history_dropped_events_total"), 0, "{metrics}");
     assert_eq!(metric(&metrics, "switchboard_history_errors_total"), 0, "{metrics}");
+
+    // The same history in the dashboard, in a real browser: the list, then one answered call.
+    let mut answered = None;
+    for sid in &all {
+        let (_, call) = get(&format!("{base}/api/calls/{sid}")).await;
+        let lines = call["lines"].as_array().unwrap();
+        if lines.iter().any(|l| l["role"] == "assistant" && l["latency"]["voice_to_voice_ms"].is_f64()) {
+            answered = Some(sid.clone());
+            break;
+        }
+    }
+    let sid = answered.expect("a call whose question was answered");
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let expect = all.len().to_string();
+    browser::run_node_tests(
+        &["dashboard.test.mjs"],
+        &[
+            ("BASE_URL", base.as_str()),
+            ("EXPECT_CALLS", expect.as_str()),
+            ("CALL_SID", sid.as_str()),
+            ("SCREENSHOTS", shots.to_str().unwrap()),
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    // `UPDATE_SCREENSHOTS=1` refreshes the ones in the docs.
+    if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
+        let docs = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/img");
+        for name in ["dashboard-list.png", "dashboard-call.png"] {
+            std::fs::copy(shots.join(name), docs.join(name)).expect("copy the screenshot into docs/img");
+        }
+    }
 }
 
 fn urlencode(s: &str) -> String {

@@ -6,6 +6,7 @@ mod diagnostic;
 mod fakes;
 mod harness;
 mod history;
+mod playground;
 mod plugins;
 mod scale_out;
 mod services;

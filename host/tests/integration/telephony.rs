@@ -428,6 +428,10 @@ async fn drain_refuses_new_calls_and_waits_for_calls_in_progress() {
     server.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(server.state.drain.is_draining());
+    // Load balancers see it leave the pool.
+    let health = reqwest::get(format!("{}/healthz", server.base)).await.unwrap();
+    assert_eq!(health.status(), 503);
+    assert_eq!(health.json::<serde_json::Value>().await.unwrap()["status"], "draining");
     // The call in progress still works.
     call.outputs.send(CallOutput::Audio(vec![0x22; 160])).await.unwrap();
     assert!(matches!(next_bot(&mut ws).await, Some(BotMessage::Media { .. })));

@@ -58,4 +58,8 @@ impl SessionFactory for Conversation {
         let deps = self.deps.clone();
         Box::pin(session::run(deps, info, io).in_current_span())
     }
+
+    fn persona_names(&self) -> Vec<String> {
+        self.deps.personas.names()
+    }
 }

@@ -37,6 +37,9 @@ pub mod params {
     pub const CALL_SID: &str = "call_sid";
     pub const DIRECTION: &str = "direction";
     pub const PERSONA: &str = "persona";
+    /// The `direction` value of a browser playground stream: there is no phone call behind it,
+    /// so hang-up and transfer never go to Twilio's REST API.
+    pub const PLAYGROUND: &str = "playground";
     /// Prefix of dial-out custom parameters, so they can't collide with ours.
     pub const CUSTOM_PREFIX: &str = "p.";
 }
@@ -133,9 +136,12 @@ where
     if let Err(e) = admit(&start, &ctx) {
         return Err(reject(&mut outgoing, &ctx, e).await);
     }
-    let info = call_info(start, ctx.rest.as_ref()).await;
-    let span = tracing::info_span!("call", call_sid = %info.call_sid, stream_sid = %info.stream_sid, direction = info.direction.as_str());
-    run_call(incoming, outgoing, ctx, info, bad).instrument(span).await
+    // The parameters are authenticated by the token, so a browser can't claim a phone call.
+    let playground = start.custom_parameters.get(params::DIRECTION).is_some_and(|d| d == params::PLAYGROUND);
+    let info = call_info(start, if playground { None } else { ctx.rest.as_ref() }).await;
+    let kind = if playground { params::PLAYGROUND } else { info.direction.as_str() };
+    let span = tracing::info_span!("call", call_sid = %info.call_sid, stream_sid = %info.stream_sid, direction = kind);
+    run_call(incoming, outgoing, ctx, info, bad, playground).instrument(span).await
 }
 
 async fn wait_for_start<I>(incoming: &mut I, ctx: &StreamContext, bad: &mut u32) -> Result<StartInfo, StreamError>
@@ -236,6 +242,8 @@ struct Transport {
     frame_fill: usize,
     frame_start_ms: u64,
     bad: u32,
+    /// A browser playground stream: no Twilio call to hang up or transfer.
+    playground: bool,
 }
 
 async fn run_call<I, O>(
@@ -244,6 +252,7 @@ async fn run_call<I, O>(
     ctx: Arc<StreamContext>,
     info: CallInfo,
     bad: u32,
+    playground: bool,
 ) -> Result<Outcome, StreamError>
 where
     I: Stream<Item = WsIn> + Unpin,
@@ -254,7 +263,7 @@ where
     let (in_tx, in_rx) = mpsc::channel(256);
     let (out_tx, mut out_rx) = mpsc::channel(256);
     let events = ctx.events.open(&info.call_sid);
-    events.started(&info, info.direction.as_str());
+    events.started(&info, if playground { params::PLAYGROUND } else { info.direction.as_str() });
     let io = SessionIo { input: in_rx, output: out_tx, events: events.clone() };
     let session = tokio::spawn(ctx.sessions.start(info.clone(), io).in_current_span());
     let mut session = std::pin::pin!(session);
@@ -272,6 +281,7 @@ where
         frame_fill: 0,
         frame_start_ms: 0,
         bad,
+        playground,
     };
     let mut session_done = false;
     let mut last_inbound = Instant::now();
@@ -353,8 +363,9 @@ where
             session.abort();
         }
     }
-    let _ =
-        tokio::time::timeout(WRITE_TIMEOUT, outgoing.send(WsOut::Close { code: 1000, reason: String::new() })).await;
+    // A browser learns how the call ended from the close reason; Twilio gets none, as before.
+    let reason = if playground { outcome.label().to_string() } else { String::new() };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, outgoing.send(WsOut::Close { code: 1000, reason })).await;
     ctx.metrics.calls_active.dec();
     Metrics::inc(&ctx.metrics.calls_total, "outcome", outcome.label());
     events.emit(CallEvent::Ended {
@@ -476,6 +487,9 @@ impl Transport {
 
     async fn hang_up(&self, reason: &str) {
         info!(reason, "hanging up");
+        if self.playground {
+            return; // closing the socket ends a browser call
+        }
         let Some(rest) = &self.ctx.rest else { return };
         if let Err(e) = rest.end_call(&self.call_sid).await {
             Metrics::inc(&self.ctx.metrics.twilio_rest_errors, "operation", "end_call");
@@ -485,6 +499,11 @@ impl Transport {
 
     async fn transfer(&self, to: &str) {
         info!(to, "transferring");
+        if self.playground {
+            // The page hears about it from the call's `ended` event (outcome `transferred`).
+            warn!(to, "a browser call can't be transferred to a phone number: ending it instead");
+            return;
+        }
         let Some(rest) = &self.ctx.rest else { return };
         let twiml = Response::new().verb(Verb::Dial { number: to.to_string(), caller_id: None }).to_xml();
         if let Err(e) = rest.update_twiml(&self.call_sid, &twiml).await {

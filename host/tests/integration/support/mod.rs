@@ -1,3 +1,4 @@
-//! Test support: provider fakes.
+//! Test support: provider fakes and the browser test runner.
 
+pub mod browser;
 pub mod twilio_rest;
