@@ -35,6 +35,28 @@ pub(crate) fn fixture(name: &str) -> PathBuf {
 }
 
 /// One Silero and one Smart Turn session for the whole test binary, as in the server.
+/// The conversation engine on the shared models, talking to these provider fakes.
+pub(crate) fn engine_with_fakes(
+    stt: &FakeDeepgramStt,
+    tts: &FakeDeepgramTts,
+    groq: &FakeGroq,
+    personas: Arc<dyn PersonaProvider>,
+    metrics: Arc<Metrics>,
+    recordings: &std::path::Path,
+) -> Conversation {
+    let (vad, smart_turn) = engines();
+    Conversation::new(ConversationDeps {
+        vad,
+        smart_turn,
+        stt: Arc::new(DeepgramStt::new(DeepgramSttConfig::new(stt.base_url(), deepgram_stt::API_KEY))),
+        llm: Arc::new(OpenAiCompat::new(OpenAiCompatConfig::new(groq.base_url(), groq::API_KEY)).unwrap()),
+        tts: Arc::new(DeepgramTts::new(DeepgramTtsConfig::new(tts.base_url(), deepgram_tts::API_KEY)).unwrap()),
+        personas,
+        metrics,
+        recordings_dir: recordings.to_path_buf(),
+    })
+}
+
 pub(crate) fn engines() -> (Arc<VadEngine>, SmartTurnHandle) {
     static ENGINES: OnceLock<(Arc<VadEngine>, SmartTurnHandle)> = OnceLock::new();
     ENGINES
@@ -167,18 +189,8 @@ impl Rig {
         let groq = FakeGroq::start().await;
         let rest = FakeTwilio::start(ACCOUNT_SID, AUTH_TOKEN).await;
         let recordings = tempfile::tempdir().unwrap();
-        let (vad, smart_turn) = engines();
         let metrics = Arc::new(Metrics::new());
-        let conversation = Conversation::new(ConversationDeps {
-            vad,
-            smart_turn,
-            stt: Arc::new(DeepgramStt::new(DeepgramSttConfig::new(stt.base_url(), deepgram_stt::API_KEY))),
-            llm: Arc::new(OpenAiCompat::new(OpenAiCompatConfig::new(groq.base_url(), groq::API_KEY)).unwrap()),
-            tts: Arc::new(DeepgramTts::new(DeepgramTtsConfig::new(tts.base_url(), deepgram_tts::API_KEY)).unwrap()),
-            personas: Arc::new(persona),
-            metrics: metrics.clone(),
-            recordings_dir: recordings.path().to_path_buf(),
-        });
+        let conversation = engine_with_fakes(&stt, &tts, &groq, Arc::new(persona), metrics.clone(), recordings.path());
         let env = [
             ("TWILIO_ACCOUNT_SID", ACCOUNT_SID.to_string()),
             ("TWILIO_AUTH_TOKEN", AUTH_TOKEN.to_string()),

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use switchboard::call::conversation::{Conversation, ConversationDeps};
 use switchboard::call::events::{CallEvent, CallEventSink};
 use switchboard::call::persona::{
     Action, BuiltinPersona, CallSummary, HookFuture, Persona, PersonaIdentity, PersonaProvider, PersonaSetup,
@@ -20,16 +19,13 @@ use switchboard::call::{CallInfo, CallOutput, Direction};
 use switchboard::config::Overrides;
 use switchboard::history::HistoryOptions;
 use switchboard::metrics::Metrics;
-use switchboard::services::llm::openai_compat::{OpenAiCompat, OpenAiCompatConfig};
-use switchboard::services::stt::deepgram::{DeepgramStt, DeepgramSttConfig};
-use switchboard::services::tts::deepgram::{DeepgramTts, DeepgramTtsConfig};
 use switchboard::telephony::twilio::media::{parse_bot_message, twilio_side, BotMessage, MediaFormat, StartInfo};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::conversation::engines;
-use crate::fakes::deepgram_stt::{self, FakeDeepgramStt};
-use crate::fakes::deepgram_tts::{self, FakeDeepgramTts};
-use crate::fakes::groq::{self, FakeGroq, Reply};
+use crate::conversation::engine_with_fakes;
+use crate::fakes::deepgram_stt::FakeDeepgramStt;
+use crate::fakes::deepgram_tts::FakeDeepgramTts;
+use crate::fakes::groq::{FakeGroq, Reply};
 use crate::harness::{ProbeSessions, TestServer, ACCOUNT_SID, AUTH_TOKEN};
 use crate::history::{flush, open_history};
 use crate::support::browser;
@@ -154,17 +150,7 @@ async fn playground_call_in_headless_chromium() {
     let recordings = tempfile::tempdir().unwrap();
     let personas = Arc::new(Personas::default());
     let metrics = Arc::new(Metrics::new());
-    let (vad, smart_turn) = engines();
-    let conversation = Conversation::new(ConversationDeps {
-        vad,
-        smart_turn,
-        stt: Arc::new(DeepgramStt::new(DeepgramSttConfig::new(stt.base_url(), deepgram_stt::API_KEY))),
-        llm: Arc::new(OpenAiCompat::new(OpenAiCompatConfig::new(groq.base_url(), groq::API_KEY)).unwrap()),
-        tts: Arc::new(DeepgramTts::new(DeepgramTtsConfig::new(tts.base_url(), deepgram_tts::API_KEY)).unwrap()),
-        personas: personas.clone(),
-        metrics: metrics.clone(),
-        recordings_dir: recordings.path().to_path_buf(),
-    });
+    let conversation = engine_with_fakes(&stt, &tts, &groq, personas.clone(), metrics.clone(), recordings.path());
     let env = twilio_env(&rest);
     let data = tempfile::tempdir().unwrap();
     let history = open_history(data.path(), HistoryOptions::default(), metrics.clone());

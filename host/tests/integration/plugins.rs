@@ -9,7 +9,6 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use switchboard::call::conversation::{Conversation, ConversationDeps};
 use switchboard::call::persona::{
     Action, BuiltinPersona, CallSummary, Greeting, HookFuture, Persona, PersonaProvider, PersonaSetup, ToolOutcome,
 };
@@ -17,15 +16,12 @@ use switchboard::call::{CallInfo, Direction};
 use switchboard::config::Overrides;
 use switchboard::metrics::Metrics;
 use switchboard::persona::{PluginHost, PluginHostConfig, RuntimeConfig, WasmPersona};
-use switchboard::services::llm::openai_compat::{OpenAiCompat, OpenAiCompatConfig};
-use switchboard::services::stt::deepgram::{DeepgramStt, DeepgramSttConfig};
-use switchboard::services::tts::deepgram::{DeepgramTts, DeepgramTtsConfig};
 use switchboard::sim::{self, simulate_call, CallPlan, CallReport, CallerAudio, DtmfEvent, Segmentation};
 
-use crate::conversation::{engines, fixture};
-use crate::fakes::deepgram_stt::{self, FakeDeepgramStt};
-use crate::fakes::deepgram_tts::{self, FakeDeepgramTts};
-use crate::fakes::groq::{self, FakeGroq, Reply};
+use crate::conversation::{engine_with_fakes, fixture};
+use crate::fakes::deepgram_stt::FakeDeepgramStt;
+use crate::fakes::deepgram_tts::FakeDeepgramTts;
+use crate::fakes::groq::{FakeGroq, Reply};
 use crate::harness::{TestServer, ACCOUNT_SID, AUTH_TOKEN};
 use crate::support::twilio_rest::FakeTwilio;
 
@@ -217,17 +213,7 @@ impl Rig {
         let groq = FakeGroq::start().await;
         let rest = FakeTwilio::start(ACCOUNT_SID, AUTH_TOKEN).await;
         let recordings = tempfile::tempdir().unwrap();
-        let (vad, smart_turn) = engines();
-        let conversation = Conversation::new(ConversationDeps {
-            vad,
-            smart_turn,
-            stt: Arc::new(DeepgramStt::new(DeepgramSttConfig::new(stt.base_url(), deepgram_stt::API_KEY))),
-            llm: Arc::new(OpenAiCompat::new(OpenAiCompatConfig::new(groq.base_url(), groq::API_KEY)).unwrap()),
-            tts: Arc::new(DeepgramTts::new(DeepgramTtsConfig::new(tts.base_url(), deepgram_tts::API_KEY)).unwrap()),
-            personas,
-            metrics: metrics.clone(),
-            recordings_dir: recordings.path().to_path_buf(),
-        });
+        let conversation = engine_with_fakes(&stt, &tts, &groq, personas, metrics.clone(), recordings.path());
         let env = [
             ("TWILIO_ACCOUNT_SID", ACCOUNT_SID.to_string()),
             ("TWILIO_AUTH_TOKEN", AUTH_TOKEN.to_string()),

@@ -9,23 +9,19 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard::call::conversation::{Conversation, ConversationDeps};
 use switchboard::call::persona::{
     Action, BuiltinPersona, CallSummary, Greeting, HookFuture, Persona, PersonaProvider, PersonaSetup, ToolOutcome,
 };
 use switchboard::call::{CallInfo, Direction};
 use switchboard::config::Overrides;
 use switchboard::metrics::Metrics;
-use switchboard::services::llm::openai_compat::{OpenAiCompat, OpenAiCompatConfig};
-use switchboard::services::stt::deepgram::{DeepgramStt, DeepgramSttConfig};
-use switchboard::services::tts::deepgram::{DeepgramTts, DeepgramTtsConfig};
 use switchboard::sim::{self, CallPlan, CallReport, CallerAudio, Segmentation, WebhookMethod, WebhookRequest};
 use url::Url;
 
-use crate::conversation::engines;
-use crate::fakes::deepgram_stt::{self, FakeDeepgramStt};
-use crate::fakes::deepgram_tts::{self, FakeDeepgramTts};
-use crate::fakes::groq::{self, FakeGroq};
+use crate::conversation::engine_with_fakes;
+use crate::fakes::deepgram_stt::FakeDeepgramStt;
+use crate::fakes::deepgram_tts::FakeDeepgramTts;
+use crate::fakes::groq::FakeGroq;
 use crate::harness::{TestServer, ACCOUNT_SID, AUTH_TOKEN};
 use crate::support::twilio_rest::FakeTwilio;
 
@@ -105,17 +101,8 @@ impl Instance {
         let recordings = tempfile::tempdir().unwrap();
         let personas = GreetWithParameters::default();
         let metrics = Arc::new(Metrics::new());
-        let (vad, smart_turn) = engines();
-        let conversation = Conversation::new(ConversationDeps {
-            vad,
-            smart_turn,
-            stt: Arc::new(DeepgramStt::new(DeepgramSttConfig::new(stt.base_url(), deepgram_stt::API_KEY))),
-            llm: Arc::new(OpenAiCompat::new(OpenAiCompatConfig::new(groq.base_url(), groq::API_KEY)).unwrap()),
-            tts: Arc::new(DeepgramTts::new(DeepgramTtsConfig::new(tts.base_url(), deepgram_tts::API_KEY)).unwrap()),
-            personas: Arc::new(personas.clone()),
-            metrics: metrics.clone(),
-            recordings_dir: recordings.path().to_path_buf(),
-        });
+        let conversation =
+            engine_with_fakes(&stt, &tts, &groq, Arc::new(personas.clone()), metrics.clone(), recordings.path());
         let mut env = vec![
             ("TWILIO_ACCOUNT_SID", ACCOUNT_SID),
             ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
