@@ -62,6 +62,12 @@ impl CallEvent {
     pub fn is_end(&self) -> bool {
         matches!(self, CallEvent::Ended { .. })
     }
+
+    /// VAD flips and interim text are only news while they happen: a late subscriber gets the
+    /// lasting events (start, persona, lines, end) without them crowding the backlog.
+    fn is_momentary(&self) -> bool {
+        matches!(self, CallEvent::Vad { .. } | CallEvent::Interim { .. })
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -95,11 +101,13 @@ impl LiveFeed {
     fn push(&self, event: CallEvent) {
         let event = Arc::new(event);
         let mut inner = lock(&self.inner);
-        if inner.backlog.len() == LIVE_BACKLOG {
-            inner.backlog.pop_front();
-        }
         inner.ended |= event.is_end();
-        inner.backlog.push_back(event.clone());
+        if !event.is_momentary() {
+            if inner.backlog.len() == LIVE_BACKLOG {
+                inner.backlog.pop_front();
+            }
+            inner.backlog.push_back(event.clone());
+        }
         // No subscriber yet is fine: the backlog keeps it.
         let _ = inner.tx.send(event);
     }
@@ -229,6 +237,10 @@ mod tests {
         }
     }
 
+    fn persona(name: &str) -> CallEvent {
+        CallEvent::Persona { name: name.into(), version: None }
+    }
+
     fn ended() -> CallEvent {
         CallEvent::Ended { outcome: "caller_hung_up".into(), detail: None, ended_at_ms: 1 }
     }
@@ -241,13 +253,13 @@ mod tests {
         let feed = hub.watch("CA2");
         let a = hub.open("CA1");
         let b = hub.open("CA2");
-        a.emit(CallEvent::Interim { text: "a".into() });
-        b.emit(CallEvent::Interim { text: "b".into() });
+        a.emit(persona("a"));
+        b.emit(persona("b"));
         let seen: Vec<_> = sink.0.lock().unwrap().iter().map(|(s, _)| s.clone()).collect();
         assert_eq!(seen, ["CA1", "CA2"]);
         let (backlog, _) = feed.subscribe();
         assert_eq!(backlog.len(), 1);
-        assert_eq!(*backlog[0], CallEvent::Interim { text: "b".into() });
+        assert_eq!(*backlog[0], persona("b"));
         assert!(hub.feed("CA1").is_none());
     }
 
@@ -256,9 +268,10 @@ mod tests {
         let hub = CallEvents::new();
         let feed = hub.watch("CA1");
         let call = hub.open("CA1");
+        call.emit(persona("a"));
         call.emit(CallEvent::Vad { speaking: true, at_ms: 20 });
         let (backlog, mut rx) = feed.subscribe();
-        assert_eq!(backlog.len(), 1);
+        assert_eq!(backlog.len(), 1, "VAD flips are live-only: {backlog:?}");
         call.emit(CallEvent::Vad { speaking: false, at_ms: 40 });
         call.emit(ended());
         assert_eq!(*rx.recv().await.unwrap(), CallEvent::Vad { speaking: false, at_ms: 40 });
@@ -272,12 +285,13 @@ mod tests {
         let hub = CallEvents::new();
         let feed = hub.watch("CA1");
         let call = hub.open("CA1");
-        for i in 0..(LIVE_BACKLOG as u64 + 10) {
-            call.emit(CallEvent::Vad { speaking: i % 2 == 0, at_ms: i });
+        for i in 0..(LIVE_BACKLOG + 10) {
+            call.emit(persona(&i.to_string()));
+            call.emit(CallEvent::Interim { text: "crowding".into() });
         }
         let (backlog, _) = feed.subscribe();
         assert_eq!(backlog.len(), LIVE_BACKLOG);
-        assert_eq!(*backlog[0], CallEvent::Vad { speaking: true, at_ms: 10 });
+        assert_eq!(*backlog[0], persona("10"));
     }
 
     #[test]

@@ -171,6 +171,15 @@ impl TurnTracker {
         Some(stt.map_or(turn.watchdog, |d| d.min(turn.watchdog)))
     }
 
+    /// The caller spoke again within VAD's stop window (no VAD start edge): a `Finalize`
+    /// answered so far no longer covers everything said, and the STT wait starts over.
+    pub fn speech_resumed(&mut self) {
+        if let Some(turn) = &mut self.open {
+            turn.finalized = false;
+            turn.stt_deadline = None;
+        }
+    }
+
     /// The open turn's text if it is already final and answered our `Finalize`: what the turn
     /// will say unless the caller goes on talking (the basis for a speculative reply). VAD may
     /// still report speech: the engine asks during the stop window.
@@ -211,6 +220,22 @@ mod tests {
         assert_eq!(t.settled_text(), None, "the caller went on");
         t.transcript("a pizza", true, true, t0 + ms(1200));
         assert_eq!(t.settled_text().as_deref(), Some("I would like to order a pizza"));
+    }
+
+    #[test]
+    fn speech_resuming_in_the_stop_window_undoes_an_earlier_finalize() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        t.vad_start(t0);
+        t.transcript("I would like to order", true, true, t0 + ms(700));
+        t.speech_resumed();
+        assert_eq!(t.settled_text(), None);
+        t.vad_stop(t0 + ms(1500));
+        assert_eq!(t.verdict(true, t0 + ms(1540)), None, "waits for the words after the pause");
+        assert_eq!(
+            t.transcript("a pizza", true, true, t0 + ms(1560)),
+            Some(TurnSignal::Ended { text: "I would like to order a pizza".into() })
+        );
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct History {
     sink: Arc<HistorySink>,
     reader: Arc<HistoryReader>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Tells the writer to stop retrying failing batches (shutdown).
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl History {
@@ -81,7 +83,12 @@ impl History {
         let conn = schema::open_writer(path, options.busy_timeout)?;
         let reader = Arc::new(HistoryReader::new(path, options.busy_timeout));
         let (tx, rx) = sync_channel(options.channel_capacity.max(1));
-        let tuning = writer::WriterTuning { max_batch: options.max_batch.max(1), retry_for: options.retry_for };
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tuning = writer::WriterTuning {
+            max_batch: options.max_batch.max(1),
+            retry_for: options.retry_for,
+            stopping: stopping.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("history-writer".into())
             .spawn({
@@ -90,7 +97,7 @@ impl History {
             })
             .map_err(|e| HistoryError::Thread(e.to_string()))?;
         let sink = Arc::new(HistorySink::new(tx.clone(), metrics));
-        Ok(History { path: path.to_path_buf(), tx, sink, reader, thread: Mutex::new(Some(thread)) })
+        Ok(History { path: path.to_path_buf(), tx, sink, reader, thread: Mutex::new(Some(thread)), stopping })
     }
 
     pub fn path(&self) -> &Path {
@@ -130,6 +137,8 @@ impl History {
     /// Writes what is queued and stops the writer. Later events are dropped (and counted).
     pub fn close(&self) {
         let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        // A failing database is not retried any more: what can't be written now is dropped.
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         // Blocking send: the writer keeps draining, so this waits at most one batch.
         let _ = self.tx.send(Msg::Shutdown);
         if thread.join().is_err() {
@@ -287,6 +296,29 @@ mod tests {
         lock.execute_batch("COMMIT").unwrap();
         assert!(h.flush(Duration::from_secs(5)));
         assert!(h.reader().call("CA1").unwrap().is_some(), "written once the lock went");
+    }
+
+    #[test]
+    fn closing_gives_up_on_a_locked_database_instead_of_retrying() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = HistoryOptions {
+            busy_timeout: Duration::from_millis(50),
+            retry_for: Duration::from_secs(3600),
+            // A full batch: the writer backs off without reading the queue.
+            max_batch: 1,
+            ..Default::default()
+        };
+        let (h, metrics) = open(dir.path(), options);
+        let lock = rusqlite::Connection::open(dir.path().join("h.db")).unwrap();
+        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let hub = CallEvents::new();
+        hub.add_sink(h.sink());
+        hub.open("CA1").emit(started(1, "inbound"));
+        hub.open("CA2").emit(started(2, "inbound"));
+        std::thread::sleep(Duration::from_millis(200));
+        // With an hour of retries allowed, only giving up on shutdown lets this return.
+        h.close();
+        assert!(metrics.render().contains("switchboard_history_dropped_events_total 2"), "{}", metrics.render());
     }
 
     #[test]

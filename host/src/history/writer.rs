@@ -28,6 +28,9 @@ pub struct WriterTuning {
     pub max_batch: usize,
     /// How long a failing batch is retried before it is dropped.
     pub retry_for: Duration,
+    /// Set by the owner when it shuts down: a failing batch is dropped at once instead of being
+    /// retried, so a locked or full database can't hold up the exit.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a write failed, as the `kind` label of `switchboard_history_errors_total`.
@@ -115,7 +118,8 @@ pub fn run(mut conn: Connection, rx: Receiver<Msg>, tuning: WriterTuning, metric
                     let kind = error_kind(&e);
                     Metrics::inc(&metrics.history_errors, "kind", kind);
                     let since = *failing_since.get_or_insert_with(Instant::now);
-                    let give_up = closing || !transient(kind) || since.elapsed() >= tuning.retry_for;
+                    let stopping = tuning.stopping.load(std::sync::atomic::Ordering::Relaxed);
+                    let give_up = closing || stopping || !transient(kind) || since.elapsed() >= tuning.retry_for;
                     if let Some(held) = throttle.allow(kind) {
                         tracing::error!(error = %e, kind, events = pending.len(), give_up, suppressed = held,
                             "call history write failed; calls are unaffected");

@@ -20,9 +20,6 @@ use super::dialout::same_key;
 use super::AppState;
 use crate::history::{valid_sid, HistoryError, HistoryReader, ListQuery, MAX_PAGE};
 
-/// Headers a proxy or tunnel adds: their presence means the real client is somewhere else.
-const PROXY_HEADERS: [&str; 4] = ["x-forwarded-for", "forwarded", "x-forwarded-host", "x-real-ip"];
-
 pub(super) fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/api/calls", get(list))
@@ -57,11 +54,7 @@ pub(super) enum Denied {
 pub(super) fn check_access(api_key: Option<&str>, headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<(), Denied> {
     match api_key {
         Some(key) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+            let given = super::local::bearer(headers);
             if given.is_some_and(|g| same_key(g, key)) {
                 Ok(())
             } else {
@@ -69,9 +62,7 @@ pub(super) fn check_access(api_key: Option<&str>, headers: &HeaderMap, peer: Opt
             }
         }
         None => {
-            let loopback = peer.is_some_and(|p| p.ip().to_canonical().is_loopback());
-            let proxied = PROXY_HEADERS.iter().any(|h| headers.contains_key(*h));
-            if loopback && !proxied {
+            if super::local::is_direct_local(peer, headers) {
                 Ok(())
             } else {
                 Err(Denied::NotLocal)
@@ -236,7 +227,7 @@ mod tests {
         assert_eq!(check_access(None, &none, addr("[::ffff:127.0.0.1]:1")), Ok(()));
         assert_eq!(check_access(None, &none, addr("192.168.1.4:1")), Err(Denied::NotLocal));
         assert_eq!(check_access(None, &none, None), Err(Denied::NotLocal), "unknown peer");
-        for h in PROXY_HEADERS {
+        for h in crate::http::local::PROXY_HEADERS {
             let proxied = headers(&[(h, "1.2.3.4")]);
             assert_eq!(check_access(None, &proxied, addr("127.0.0.1:1")), Err(Denied::NotLocal), "{h}");
         }

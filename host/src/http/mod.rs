@@ -5,6 +5,7 @@ mod dashboard;
 mod dialout;
 mod drain;
 mod history_api;
+mod local;
 mod media_ws;
 pub mod playground;
 mod public_url;

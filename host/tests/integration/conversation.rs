@@ -564,13 +564,16 @@ async fn a_hanging_tts_is_retried_with_one_shot_synthesis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn measure_voice_to_voice() {
-    // SPECULATIVE=0 turns speculative replies off; LLM_DELAY_MS / TTS_DELAY_MS give the fakes
-    // a first-token / first-byte delay like real providers'.
+    // SPECULATIVE=0 turns speculative replies off; STT_DELAY_MS / LLM_DELAY_MS / TTS_DELAY_MS give
+    // the fakes a final-transcript / first-token / first-byte delay like real providers'.
     let env_ms = |k: &str| Duration::from_millis(std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(0));
     let speculative = std::env::var("SPECULATIVE").map_or(true, |v| v != "0");
     let persona = TestPersona { speculative_replies: Some(speculative), ..Default::default() };
     let rig = Rig::start(persona).await;
-    rig.stt.configure(|s| s.fallback = "Hello there.".into());
+    rig.stt.configure(|s| {
+        s.fallback = "Hello there.".into();
+        s.final_delay = env_ms("STT_DELAY_MS");
+    });
     rig.groq.configure(|s| s.first_token_delay = env_ms("LLM_DELAY_MS"));
     rig.tts.configure(|s| s.first_byte_delay = env_ms("TTS_DELAY_MS"));
     eprintln!("speculative replies: {speculative}");

@@ -48,6 +48,8 @@ const FLUSH_WINDOW: Duration = Duration::from_secs(60);
 /// Quiet VAD windows (32 ms each) inside the stop window before the pause counts: single-window
 /// dips happen mid-word, and a `Finalize` there would split the caller's words.
 const PAUSE_WINDOWS: u32 = 2;
+/// One Silero window at 8 kHz (256 samples).
+const VAD_WINDOW: Duration = Duration::from_millis(32);
 
 type VerdictFuture = Pin<Box<dyn Future<Output = Result<TurnVerdict, TurnError>> + Send>>;
 type SynthFuture = Pin<Box<dyn Future<Output = (ReplyId, Result<Vec<u8>, String>)> + Send>>;
@@ -75,6 +77,10 @@ struct Session {
     pause: Option<Instant>,
     /// The user text a held speculative reply answers (`reply.held` is set while this is).
     speculation: Option<String>,
+    /// `Finalize`s sent and not yet answered, and how many of those were sent before the
+    /// caller spoke again: their answers don't cover the newer words.
+    finalizes_in_flight: u32,
+    stale_finalizes: u32,
     // Providers.
     stt: Option<SttHandle>,
     tts: Option<TtsHandle>,
@@ -182,6 +188,8 @@ pub(super) async fn run(deps: Arc<ConversationDeps>, info: CallInfo, mut io: Ses
         quiet_windows: 0,
         pause: None,
         speculation: None,
+        finalizes_in_flight: 0,
+        stale_finalizes: 0,
         stt,
         tts,
         llm: None,
@@ -404,6 +412,8 @@ impl Session {
                 // The caller went on after a pause (a prepared reply survives an incomplete
                 // verdict, for the silence fallback, but not more words).
                 self.abort_speculation();
+                self.pause = None;
+                self.speech_resumed();
                 if let Some(sig) = self.turns.vad_start(now) {
                     self.on_turn_signal(sig).await;
                 }
@@ -413,11 +423,11 @@ impl Session {
                 // Speech really ended one stop window ago.
                 self.speech_ended = Some(now - Duration::from_secs_f64(self.setup.turn_taking.vad.stop_secs));
                 // Only silence came since a `Finalize` sent at the pause's start: nothing to add.
-                if self.pause.take().is_none() {
+                // The pause lasts until the turn ends or speech resumes, so a final arriving after
+                // this stop (or during an incomplete verdict's fallback) can still start a reply.
+                if self.pause.is_none() {
                     self.awaiting_final_since = self.speech_ended;
-                    if let Some(stt) = &self.stt {
-                        stt.finalize();
-                    }
+                    self.send_finalize();
                 }
                 self.turns.vad_stop(now);
             }
@@ -461,7 +471,16 @@ impl Session {
                         self.turn_stt_final_ms = Some(waited.as_secs_f64() * 1000.0);
                     }
                 }
-                if let Some(sig) = self.turns.transcript(&t.text, t.is_final, t.from_finalize, now) {
+                let mut finalized = t.from_finalize;
+                if t.from_finalize {
+                    self.finalizes_in_flight = self.finalizes_in_flight.saturating_sub(1);
+                    if self.stale_finalizes > 0 {
+                        // Answers a `Finalize` sent before the caller went on: words, not the end.
+                        self.stale_finalizes -= 1;
+                        finalized = false;
+                    }
+                }
+                if let Some(sig) = self.turns.transcript(&t.text, t.is_final, finalized, now) {
                     self.on_turn_signal(sig).await;
                 } else if t.is_final {
                     self.maybe_speculate();
@@ -541,6 +560,9 @@ impl Session {
         let start = self.user_turn_started_ms.take().unwrap_or_else(|| self.now_ms());
         let speech_ended = self.speech_ended.take();
         self.pause = None;
+        // This turn's STT latency goes to its answer, and to nothing later.
+        let stt_final_ms = self.turn_stt_final_ms.take();
+        self.awaiting_final_since = None;
         // A speculative reply for exactly this text is kept aside; anything else goes.
         let speculative = match self.speculation.as_deref() {
             Some(spoken) if spoken == text => {
@@ -570,9 +592,13 @@ impl Session {
         self.barge_in().await;
         self.log_line("user", text.clone(), start, false, None);
         if self.ending {
+            if speculative.is_some() {
+                self.discard_speculative_work();
+            }
             return;
         }
         let action = self.persona.on_user_turn(&text).await;
+        self.turn_stt_final_ms = stt_final_ms;
         match (action, speculative) {
             (Action::None, Some(reply)) => {
                 self.context.push(ChatMessage::user(text));
@@ -592,6 +618,7 @@ impl Session {
                 self.perform(other, speech_ended).await;
             }
         }
+        self.turn_stt_final_ms = None;
     }
 
     // ----- speculative replies ----------------------------------------------------------------
@@ -602,10 +629,13 @@ impl Session {
         if !self.setup.turn_taking.speculative_replies || !self.turns.is_open() || self.ending {
             return;
         }
-        let Some(stt) = &self.stt else { return };
-        stt.finalize();
+        if self.stt.is_none() {
+            return;
+        }
+        self.send_finalize();
         self.pause = Some(now);
-        self.awaiting_final_since = Some(now);
+        // Measured from where the VAD places the end of speech, as at a VAD stop.
+        self.awaiting_final_since = Some(now - VAD_WINDOW * PAUSE_WINDOWS);
         self.maybe_speculate();
     }
 
@@ -613,6 +643,20 @@ impl Session {
     fn on_pause_end(&mut self) {
         self.pause = None;
         self.abort_speculation();
+        self.speech_resumed();
+    }
+
+    /// The caller spoke again: what was finalized no longer ends the turn.
+    fn speech_resumed(&mut self) {
+        self.stale_finalizes = self.finalizes_in_flight;
+        self.turns.speech_resumed();
+    }
+
+    fn send_finalize(&mut self) {
+        if let Some(stt) = &self.stt {
+            stt.finalize();
+            self.finalizes_in_flight += 1;
+        }
     }
 
     /// Starts a held reply to the turn's settled text, if nothing else is going on.
@@ -1041,6 +1085,7 @@ impl Session {
                 self.synth_failures += 1;
                 if self.synth_failures >= MAX_SYNTH_FAILURES {
                     warn!(error = %e, "text-to-speech keeps failing: ending the call");
+                    self.abort_speculation();
                     self.ending = true;
                     self.reply = None;
                     self.emit(CallOutput::HangUp { reason: "text-to-speech unavailable".into() }).await;

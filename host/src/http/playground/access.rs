@@ -19,8 +19,6 @@ use crate::metrics::Metrics;
 
 /// The cookie that remembers a visitor who presented the key.
 pub const COOKIE: &str = "switchboard_playground";
-/// Headers a proxy adds; their presence means the peer address is the proxy's, not the visitor's.
-const PROXY_HEADERS: [&str; 5] = ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"];
 
 /// What to do with a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,13 +29,9 @@ pub enum Access {
     Deny(StatusCode, &'static str),
 }
 
-/// True for a direct connection from this machine.
+/// True for a direct connection from this machine (see [`crate::http::local`]).
 pub fn is_direct_loopback(peer: Option<SocketAddr>, headers: &HeaderMap) -> bool {
-    let loopback = peer.is_some_and(|p| match p.ip() {
-        std::net::IpAddr::V4(ip) => ip.is_loopback(),
-        std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-    });
-    loopback && !PROXY_HEADERS.iter().any(|h| headers.contains_key(*h))
+    crate::http::local::is_direct_local(peer, headers)
 }
 
 /// Decides on a request from its peer, headers and query string.
@@ -60,12 +54,7 @@ pub fn decide(local: bool, key: Option<&str>, headers: &HeaderMap, query: Option
             Access::Deny(StatusCode::FORBIDDEN, "wrong playground key")
         };
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if let Some(given) = bearer {
+    if let Some(given) = crate::http::local::bearer(headers) {
         return if same_secret(given, key) {
             Access::Allow
         } else {
@@ -162,7 +151,7 @@ mod tests {
         }
         assert!(!is_direct_loopback(Some(lan), &HeaderMap::new()));
         assert!(!is_direct_loopback(None, &HeaderMap::new()), "unknown peer is not local");
-        for h in PROXY_HEADERS {
+        for h in crate::http::local::PROXY_HEADERS {
             assert!(!is_direct_loopback(Some(lo), &headers(&[(h, "1.2.3.4")])), "{h}");
         }
     }
