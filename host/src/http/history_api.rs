@@ -196,13 +196,7 @@ async fn recording(State(state): State<AppState>, Path(sid): Path<String>, req: 
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, v.parse().unwrap());
-        }
-        h
-    }
+    use crate::http::test_headers as headers;
 
     fn addr(s: &str) -> Option<SocketAddr> {
         Some(s.parse().unwrap())

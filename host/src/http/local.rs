@@ -57,13 +57,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        h
-    }
+    use crate::http::test_headers as headers;
 
     #[test]
     fn local_means_loopback_peer_no_proxy_header_and_a_local_host_name() {

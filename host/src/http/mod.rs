@@ -101,6 +101,16 @@ impl AppState {
     }
 }
 
+/// A header map from name/value pairs, for tests.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&str, &str)]) -> axum::http::HeaderMap {
+    let mut h = axum::http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    h
+}
+
 /// All routes.
 pub fn router(state: AppState) -> Router {
     Router::new()

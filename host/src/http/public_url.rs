@@ -62,13 +62,7 @@ fn valid_host(h: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, v.parse().unwrap());
-        }
-        h
-    }
+    use crate::http::test_headers as headers;
 
     #[test]
     fn configured_url_wins() {

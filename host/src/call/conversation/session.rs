@@ -538,13 +538,7 @@ impl Session {
             return false;
         }
         let Some(reply) = self.reply.take() else { return false };
-        self.llm = None;
-        self.splitter = SentenceSplitter::default();
-        self.synth = FuturesOrdered::new();
-        self.open_unit = None;
-        if let Some(tts) = &self.tts {
-            tts.clear();
-        }
+        self.stop_reply_work();
         self.emit(CallOutput::Clear).await;
         self.deps.metrics.barge_ins.inc();
         let heard = reply.heard_text();
@@ -593,7 +587,7 @@ impl Session {
         self.log_line("user", text.clone(), start, false, None);
         if self.ending {
             if speculative.is_some() {
-                self.discard_speculative_work();
+                self.stop_reply_work();
             }
             return;
         }
@@ -611,7 +605,7 @@ impl Session {
             (other, speculative) => {
                 if speculative.is_some() {
                     // The persona answered the turn itself.
-                    self.discard_speculative_work();
+                    self.stop_reply_work();
                     Metrics::inc(&self.deps.metrics.speculative_replies, "result", "discarded");
                 }
                 self.context.push(ChatMessage::user(text));
@@ -689,11 +683,13 @@ impl Session {
         if self.reply.as_ref().is_some_and(|r| r.held.is_some()) {
             self.reply = None;
         }
-        self.discard_speculative_work();
+        self.stop_reply_work();
         Metrics::inc(&self.deps.metrics.speculative_replies, "result", "discarded");
     }
 
-    fn discard_speculative_work(&mut self) {
+    /// Stops everything feeding the current reply: the LLM stream, sentence splitting, one-shot
+    /// syntheses and the TTS stream's queued text.
+    fn stop_reply_work(&mut self) {
         self.llm = None;
         self.splitter = SentenceSplitter::default();
         self.synth = FuturesOrdered::new();

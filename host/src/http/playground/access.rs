@@ -132,13 +132,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::http::test_headers as headers;
 
     #[test]
     fn loopback_without_proxy_headers_is_local() {
