@@ -201,6 +201,15 @@ mod tests {
         (History::open(&dir.join("h.db"), options, metrics.clone()).unwrap(), metrics)
     }
 
+    /// Another connection holding the write lock, and a hub feeding `h`.
+    fn locked(dir: &Path, h: &History) -> (rusqlite::Connection, Arc<CallEvents>) {
+        let lock = rusqlite::Connection::open(dir.join("h.db")).unwrap();
+        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let hub = CallEvents::new();
+        hub.add_sink(h.sink());
+        (lock, hub)
+    }
+
     #[test]
     fn events_through_the_hub_become_a_readable_call_without_vad_or_interims() {
         let dir = tempfile::tempdir().unwrap();
@@ -286,10 +295,7 @@ mod tests {
             ..Default::default()
         };
         let (h, metrics) = open(dir.path(), options);
-        let lock = rusqlite::Connection::open(dir.path().join("h.db")).unwrap();
-        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        let hub = CallEvents::new();
-        hub.add_sink(h.sink());
+        let (lock, hub) = locked(dir.path(), &h);
         hub.open("CA1").emit(started(1, "inbound"));
         std::thread::sleep(Duration::from_millis(400));
         assert!(metrics.render().contains("switchboard_history_errors_total{kind=\"busy\"}"), "{}", metrics.render());
@@ -309,14 +315,12 @@ mod tests {
             ..Default::default()
         };
         let (h, metrics) = open(dir.path(), options);
-        let lock = rusqlite::Connection::open(dir.path().join("h.db")).unwrap();
-        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        let hub = CallEvents::new();
-        hub.add_sink(h.sink());
+        let (_lock, hub) = locked(dir.path(), &h);
         hub.open("CA1").emit(started(1, "inbound"));
         hub.open("CA2").emit(started(2, "inbound"));
         std::thread::sleep(Duration::from_millis(200));
-        // With an hour of retries allowed, only giving up on shutdown lets this return.
+        // With an hour of retries allowed, only giving up on shutdown lets this return (the lock
+        // is held throughout).
         h.close();
         assert!(metrics.render().contains("switchboard_history_dropped_events_total 2"), "{}", metrics.render());
     }
@@ -330,10 +334,7 @@ mod tests {
             ..Default::default()
         };
         let (h, metrics) = open(dir.path(), options);
-        let lock = rusqlite::Connection::open(dir.path().join("h.db")).unwrap();
-        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        let hub = CallEvents::new();
-        hub.add_sink(h.sink());
+        let (lock, hub) = locked(dir.path(), &h);
         hub.open("CA1").emit(started(1, "inbound"));
         assert!(h.flush(Duration::from_secs(5)), "the flush returns once the batch is given up on");
         assert!(metrics.render().contains("switchboard_history_dropped_events_total 1"), "{}", metrics.render());
@@ -355,10 +356,7 @@ mod tests {
             max_batch: 1,
         };
         let (h, metrics) = open(dir.path(), options);
-        let lock = rusqlite::Connection::open(dir.path().join("h.db")).unwrap();
-        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        let hub = CallEvents::new();
-        hub.add_sink(h.sink());
+        let (lock, hub) = locked(dir.path(), &h);
         let call = hub.open("CA1");
         let t = std::time::Instant::now();
         for i in 0..50 {
