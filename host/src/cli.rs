@@ -70,6 +70,10 @@ pub struct AnalyzeArgs {
     /// Use the reference bots' values (VAD stop 0.5 s, Smart Turn pre-speech 0 ms).
     #[arg(long)]
     pub reference_seed: bool,
+    /// Also run Smart Turn N quiet VAD windows (32 ms each) into every pause, before the VAD
+    /// stop, to see how its verdict moves with trailing silence. Repeatable.
+    #[arg(long = "probe-pause", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub probe_pauses: Vec<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -234,6 +238,7 @@ fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
         denoise: !args.no_denoise,
         json: args.json,
         models: ModelPaths::from_env(),
+        probe_pauses: args.probe_pauses,
         ..Default::default()
     };
     if args.reference_seed {

@@ -10,6 +10,8 @@
 //! * VAD edges: `{"t", "event": "speech_start" | "speech_stop"}`
 //! * at each speech stop: `{"t", "turn_probability", "turn_complete"}`
 //! * an incomplete turn ended by `stop_secs` of silence: `{"t", "event": "turn_fallback"}`
+//! * with `--probe-pause N`: `{"t", "pause_windows": N, "probe_probability"}` N quiet windows
+//!   into each pause
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use super::denoise::{DenoiseError, Denoiser};
 use super::models::ModelPaths;
 use super::resample::{resample_all, ResampleError};
 use super::turn::{SmartTurnModel, TurnAnalyzer, TurnError, TurnParams, TurnVerdict, COMPLETE_THRESHOLD};
-use super::vad::{SileroVad, VadError, VadEvent, VadParams, VadRate, VadWindow};
+use super::vad::{SileroVad, VadError, VadEvent, VadParams, VadRate, VadState, VadWindow};
 
 /// Options of `switchboard analyze`.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +34,10 @@ pub struct AnalyzeOptions {
     pub vad: VadParams,
     pub turn: TurnParams,
     pub models: ModelPaths,
+    /// Also score the turn so far this many quiet VAD windows into each pause (before the VAD
+    /// stop): how Smart Turn's verdict moves as the trailing silence grows. The turn itself
+    /// is still decided at the stop.
+    pub probe_pauses: Vec<u32>,
 }
 
 impl Default for AnalyzeOptions {
@@ -42,6 +48,7 @@ impl Default for AnalyzeOptions {
             vad: VadParams::default(),
             turn: TurnParams::default(),
             models: ModelPaths::from_env(),
+            probe_pauses: Vec::new(),
         }
     }
 }
@@ -80,6 +87,9 @@ pub struct AnalyzeSummary {
     pub turns: Vec<(f64, f32, bool)>,
     /// Times an incomplete turn ended by the silence fallback.
     pub fallbacks: Vec<f64>,
+    /// (t, quiet windows, probability): Smart Turn scored on the turn so far, `quiet windows`
+    /// into a pause (`AnalyzeOptions::probe_pauses`).
+    pub probes: Vec<(f64, u32, f32)>,
 }
 
 /// Analyzes `path`, writing JSON lines or a summary to `out`.
@@ -113,6 +123,7 @@ pub fn analyze_pcm(
         Ok(())
     };
     let mut position = 0usize;
+    let mut quiet_windows = 0u32;
     for frame in pcm.chunks(rate as usize / 50) {
         position += frame.len();
         if turn.append(frame) {
@@ -125,6 +136,16 @@ pub fn analyze_pcm(
         };
         record_window(&window, &mut summary);
         emit(json!({"t": window.t, "vad": f64::from(window.probability)}))?;
+        quiet_windows = if window.state == VadState::Stopping { quiet_windows + 1 } else { 0 };
+        if opts.probe_pauses.contains(&quiet_windows) {
+            if let Some(segment) = turn.segment_so_far() {
+                let probability = model.predict(&segment.audio, segment.rate)?;
+                summary.probes.push((window.t, quiet_windows, probability));
+                emit(
+                    json!({"t": window.t, "pause_windows": quiet_windows, "probe_probability": f64::from(probability)}),
+                )?;
+            }
+        }
         let Some(event) = window.event else {
             continue;
         };
@@ -177,6 +198,9 @@ fn write_summary(path: &Path, opts: &AnalyzeOptions, s: &AnalyzeSummary, out: &m
             Some(stop) => writeln!(out, "  speech {start:.3} – {stop:.3} s")?,
             None => writeln!(out, "  speech {start:.3} s – end of file")?,
         }
+    }
+    for (t, windows, p) in &s.probes {
+        writeln!(out, "  probe {windows} quiet windows into a pause at {t:.3} s: p = {p:.3}")?;
     }
     for (t, p, complete) in &s.turns {
         let verdict = if *complete { "complete" } else { "incomplete" };

@@ -222,6 +222,12 @@ impl TurnAnalyzer {
         self.speech_triggered
     }
 
+    /// The segment the model would score if the VAD stopped now; the turn's state is untouched
+    /// (`analyze --probe-pause`).
+    pub fn segment_so_far(&self) -> Option<TurnSegment> {
+        self.segment()
+    }
+
     fn segment(&self) -> Option<TurnSegment> {
         let first = self.chunks.front()?;
         let pre_ms = self.params.pre_speech_ms + self.vad_start_secs * 1000.0;

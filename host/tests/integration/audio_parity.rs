@@ -358,3 +358,31 @@ fn analyze_resamples_other_rates_and_denoises() {
     assert_eq!(summary.rate, 8000);
     assert!(text.contains("speech 1.") && text.contains("turn at"), "{text}");
 }
+
+/// `--probe-pause`: Smart Turn scored inside each pause, N quiet windows before the stop
+/// decides; the turn verdicts themselves stay those of the stops.
+#[test]
+fn analyze_probes_pauses_without_changing_the_verdicts() {
+    let plain = AnalyzeOptions { denoise: false, json: false, models: models(), ..AnalyzeOptions::default() };
+    let probed = AnalyzeOptions { probe_pauses: vec![2, 5], ..plain.clone() };
+    let path = fixture("dialog_8k");
+    let without = analyze::run(&path, &plain, &mut Vec::new()).expect("analyze");
+    let mut text = Vec::new();
+    let with = analyze::run(&path, &probed, &mut text).expect("analyze with probes");
+    assert!(without.probes.is_empty());
+    assert_eq!(with.turns, without.turns, "probing must not change the verdicts");
+    assert!(!with.turns.is_empty());
+    // Every stop was preceded by a probe 2 and 5 windows into its pause: 4 and 1 windows before it.
+    for (stop, _, _) in &with.turns {
+        for (windows, before) in [(2, 4.0), (5, 1.0)] {
+            let at = stop - before * 0.032;
+            assert!(
+                with.probes.iter().any(|(t, w, p)| *w == windows && (t - at).abs() < 1e-6 && (0.0..=1.0).contains(p)),
+                "no {windows}-window probe at {at:.3} s before the stop at {stop:.3} s: {:?}",
+                with.probes
+            );
+        }
+    }
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("quiet windows into a pause"), "{text}");
+}
