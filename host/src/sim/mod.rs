@@ -99,6 +99,9 @@ pub struct CallPlan {
     /// Cancelled when the call is ended from outside (as Twilio does on `Status=completed`): the
     /// stream then gets `stop` and closes.
     pub end_signal: Option<CancellationToken>,
+    /// Keep streaming silent media after the caller's audio ends, as Twilio does (default).
+    /// `false` acts like a peer that only streams while someone talks.
+    pub media_after_audio: bool,
 }
 
 impl CallPlan {
@@ -119,6 +122,7 @@ impl CallPlan {
             caller,
             hangup_after,
             dtmf: Vec::new(),
+            media_after_audio: true,
             record: None,
             http_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(10),
@@ -207,6 +211,7 @@ async fn stream_from_twiml(plan: &CallPlan, twiml: &str, report: &mut CallReport
         connect_timeout: plan.connect_timeout,
         max_playout_bytes: MAX_PLAYOUT_BYTES,
         end_signal: plan.end_signal.clone(),
+        media_after_audio: plan.media_after_audio,
     };
     stream::run(stream_plan, report).await;
 }
@@ -269,6 +274,10 @@ pub struct SimulateArgs {
     /// Minimum silence (ms) that ends a caller utterance, for turn latencies.
     #[arg(long, default_value_t = 400)]
     pub min_silence_ms: u64,
+    /// Stop sending media when the WAV ends instead of streaming silence as Twilio does: checks
+    /// that turns still end when a peer only streams while someone talks.
+    #[arg(long)]
+    pub no_media_after_audio: bool,
 }
 
 /// Runs the calls `args` describes and summarises them. Errors only for bad arguments or an
@@ -338,6 +347,7 @@ fn plan_for(args: &SimulateArgs, caller: &Arc<CallerAudio>, index: u32) -> anyho
         plan.hangup_after = Duration::from_secs_f64(secs);
     }
     plan.dtmf = args.dtmf.clone();
+    plan.media_after_audio = !args.no_media_after_audio;
     plan.record = args.record.as_deref().map(|p| recording_path(p, index));
     Ok(plan)
 }

@@ -59,6 +59,8 @@ pub(crate) struct StreamPlan<'a> {
     pub connect_timeout: Duration,
     pub max_playout_bytes: usize,
     pub end_signal: Option<CancellationToken>,
+    /// Keep sending (silent) media after the caller's audio ends, as Twilio does.
+    pub media_after_audio: bool,
 }
 
 enum End {
@@ -120,6 +122,7 @@ struct Session<'r> {
     spurt_break: bool,
     next_dtmf: usize,
     dtmf_schedule: Vec<(u64, String)>,
+    media_after_audio: bool,
     closed: bool,
 }
 
@@ -142,6 +145,7 @@ impl<'r> Session<'r> {
             spurt_break: true,
             next_dtmf: 0,
             dtmf_schedule,
+            media_after_audio: plan.media_after_audio,
             closed: false,
         }
     }
@@ -227,13 +231,15 @@ impl<'r> Session<'r> {
                 return false;
             }
         }
-        self.seq += 1;
         let frame = n - 1;
-        let msg = media_message(self.seq, &self.stream_sid, n, frame * FRAME_MS, caller.payload(frame));
-        if !self.send(msg).await {
-            return false;
+        if self.media_after_audio || frame < caller.frames() {
+            self.seq += 1;
+            let msg = media_message(self.seq, &self.stream_sid, n, frame * FRAME_MS, caller.payload(frame));
+            if !self.send(msg).await {
+                return false;
+            }
+            self.report.media_frames_sent += 1;
         }
-        self.report.media_frames_sent += 1;
         let played = self.playout.tick(n, &mut self.played, &mut self.echo);
         self.report.bot_audio_played_ms += (played.audio_bytes as u64 * 1000).div_ceil(8000);
         if !self.send_echoes(false).await {

@@ -352,6 +352,32 @@ async fn a_hesitation_discards_the_speculative_reply_and_answers_the_whole_sente
 }
 
 #[tokio::test]
+async fn a_peer_that_stops_streaming_mid_sentence_still_gets_an_answer() {
+    let rig = Rig::start(TestPersona::default()).await;
+    rig.stt.script(&["What time is it?"]);
+    // The first question of turns_8k, cut where its sound ends, and no media after it: VAD
+    // still says "speaking" when the frames stop, and only frames move VAD.
+    let seg = Segmentation::default();
+    let full = CallerAudio::from_wav_file(&fixture("turns_8k.wav"), &seg).expect("clip");
+    let end_ms = full.utterances()[0].end_ms;
+    let pcm: Vec<i16> = (0..end_ms / 20).flat_map(|k| full.pcm_frame(k).to_vec()).collect();
+    let mut plan = rig.plan("turns_8k.wav", Duration::from_secs(9));
+    plan.caller = Arc::new(CallerAudio::from_pcm(&pcm, 8000, &seg).expect("cut clip"));
+    plan.media_after_audio = false;
+    let report = rig.call(plan).await;
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.media_frames_sent, end_ms / 20, "the media stopped with the speech");
+    // One second without audio stood for the missing silence: the turn ended and was answered.
+    let lines = rig.transcript_lines();
+    let roles: Vec<&str> = lines.iter().map(|l| l["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["assistant", "user", "assistant"], "{lines:?}");
+    assert_eq!(lines[1]["text"], "What time is it?");
+    assert_eq!(lines[2]["text"], "You said: What time is it?");
+    let latency = report.turns.first().and_then(|t| t.latency_ms).expect("the answer was heard");
+    assert!(latency >= 1000.0, "answered {latency} ms after the speech: before the audio idle stop?");
+}
+
+#[tokio::test]
 async fn barge_in_clears_and_keeps_only_what_was_heard() {
     let rig = Rig::start(TestPersona::default()).await;
     // A long greeting: six sentences, ~60 ms of audio per character.

@@ -170,6 +170,7 @@ async fn twenty_simulated_calls_are_listed_paged_and_shown_in_the_dashboard() {
         hangup_after: Some(8.0),
         dtmf: Vec::new(),
         min_silence_ms: 400,
+        no_media_after_audio: false,
     };
     let summary = sim::run(args).await.expect("simulate runs");
     assert_eq!(summary.calls.len(), 20);

@@ -842,6 +842,7 @@ async fn hot_reload_under_load_keeps_every_call() {
         hangup_after: Some(9.0),
         dtmf: Vec::new(),
         min_silence_ms: 400,
+        no_media_after_audio: false,
     };
     let load = tokio::spawn(sim::run(args));
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -654,6 +654,7 @@ async fn run_drives_concurrent_calls_and_summarises_them() {
         hangup_after: Some(1.2),
         dtmf: Vec::new(),
         min_silence_ms: 400,
+        no_media_after_audio: false,
     };
     let summary = sim::run(args).await.unwrap();
     assert!(summary.all_ok(), "{}", summary.to_json());
@@ -700,6 +701,7 @@ fn sim_args_for(bot: &BotServer, dir: &Path) -> SimulateArgs {
         hangup_after: None,
         dtmf: Vec::new(),
         min_silence_ms: 400,
+        no_media_after_audio: false,
     }
 }
 

@@ -50,6 +50,10 @@ const FLUSH_WINDOW: Duration = Duration::from_secs(60);
 const PAUSE_WINDOWS: u32 = 2;
 /// One Silero window at 8 kHz (256 samples).
 const VAD_WINDOW: Duration = Duration::from_millis(32);
+/// No caller audio for this long while VAD says the caller is speaking forces a VAD stop (the
+/// reference's audio idle timeout): a peer that stops streaming mid-sentence must not hold the
+/// turn open, since VAD only moves when frames arrive.
+const AUDIO_IDLE_STOP: Duration = Duration::from_secs(1);
 
 type VerdictFuture = Pin<Box<dyn Future<Output = Result<TurnVerdict, TurnError>> + Send>>;
 type SynthFuture = Pin<Box<dyn Future<Output = (ReplyId, Result<Vec<u8>, String>)> + Send>>;
@@ -77,6 +81,8 @@ struct Session {
     pause: Option<Instant>,
     /// The user text a held speculative reply answers (`reply.held` is set while this is).
     speculation: Option<String>,
+    /// When the last caller frame arrived.
+    last_audio: Instant,
     /// `Finalize`s sent and not yet answered, and how many of those were sent before the
     /// caller spoke again: their answers don't cover the newer words.
     finalizes_in_flight: u32,
@@ -188,6 +194,7 @@ pub(super) async fn run(deps: Arc<ConversationDeps>, info: CallInfo, mut io: Ses
         quiet_windows: 0,
         pause: None,
         speculation: None,
+        last_audio: Instant::now(),
         finalizes_in_flight: 0,
         stale_finalizes: 0,
         stt,
@@ -289,7 +296,8 @@ impl Session {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.turns.next_deadline(), self.idle_deadline].into_iter().flatten().min()
+        let audio_idle = self.detector.turn().user_speaking().then_some(self.last_audio + AUDIO_IDLE_STOP);
+        [self.turns.next_deadline(), self.idle_deadline, audio_idle].into_iter().flatten().min()
     }
 
     async fn emit(&mut self, out: CallOutput) {
@@ -354,6 +362,7 @@ impl Session {
     }
 
     async fn on_audio(&mut self, timestamp_ms: u64, samples: [i16; FRAME_SAMPLES]) {
+        self.last_audio = Instant::now();
         if let Some(w) = &mut self.writer {
             w.caller(timestamp_ms, samples);
         }
@@ -419,22 +428,46 @@ impl Session {
                 }
             }
             Some(crate::audio::vad::VadEvent::SpeechStop) => {
-                self.events.emit(CallEvent::Vad { speaking: false, at_ms: self.now_ms() });
                 // Speech really ended one stop window ago.
-                self.speech_ended = Some(now - Duration::from_secs_f64(self.setup.turn_taking.vad.stop_secs));
-                // Only silence came since a `Finalize` sent at the pause's start: nothing to add.
-                // The pause lasts until the turn ends or speech resumes, so a final arriving after
-                // this stop (or during an incomplete verdict's fallback) can still start a reply.
-                if self.pause.is_none() {
-                    self.awaiting_final_since = self.speech_ended;
-                    self.send_finalize();
-                }
-                self.turns.vad_stop(now);
+                self.on_speech_stop(now, now - Duration::from_secs_f64(self.setup.turn_taking.vad.stop_secs));
             }
             None => {}
         }
         if let Some(pending) = outcome.pending {
             self.pending_verdict = Some(Box::pin(PendingTurn::verdict(pending)));
+        }
+    }
+
+    /// VAD reported the end of speech (Smart Turn is scoring the turn meanwhile).
+    fn on_speech_stop(&mut self, now: Instant, speech_ended: Instant) {
+        self.events.emit(CallEvent::Vad { speaking: false, at_ms: self.now_ms() });
+        self.speech_ended = Some(speech_ended);
+        // Only silence came since a `Finalize` sent at the pause's start: nothing to add.
+        // The pause lasts until the turn ends or speech resumes, so a final arriving after
+        // this stop (or during an incomplete verdict's fallback) can still start a reply.
+        if self.pause.is_none() {
+            self.awaiting_final_since = self.speech_ended;
+            self.send_finalize();
+        }
+        self.turns.vad_stop(now);
+    }
+
+    /// The caller's audio stopped arriving while VAD said speaking: stop as VAD would have, with
+    /// speech ending at the last frame.
+    fn force_speech_stop(&mut self, now: Instant) {
+        match self.detector.force_stop() {
+            Ok(Some((crate::audio::vad::VadEvent::SpeechStop, pending))) => {
+                info!(
+                    silent_ms = now.duration_since(self.last_audio).as_millis() as u64,
+                    "no caller audio: speech stop forced"
+                );
+                self.on_speech_stop(now, self.last_audio);
+                if let Some(pending) = pending {
+                    self.pending_verdict = Some(Box::pin(PendingTurn::verdict(pending)));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "forcing a speech stop failed"),
         }
     }
 
@@ -505,6 +538,9 @@ impl Session {
 
     async fn on_timer(&mut self) {
         let now = Instant::now();
+        if self.detector.turn().user_speaking() && now >= self.last_audio + AUDIO_IDLE_STOP {
+            self.force_speech_stop(now);
+        }
         if let Some(sig) = self.turns.poll(now) {
             self.on_turn_signal(sig).await;
         }
