@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use switchboard::audio::models::ModelPaths;
-use switchboard::audio::turn::{SmartTurnConfig, SmartTurnEngine, SmartTurnHandle};
-use switchboard::audio::vad::{VadEngine, VadEngineConfig};
+use switchboard::audio::turn::{SmartTurnConfig, SmartTurnEngine, SmartTurnHandle, TurnParams};
+use switchboard::audio::vad::{VadEngine, VadEngineConfig, VadParams};
 use switchboard::call::conversation::writer::TurnLatency;
 use switchboard::call::conversation::{Conversation, ConversationDeps};
 use switchboard::call::events::{CallEvent, CallEventSink};
@@ -81,6 +81,8 @@ pub(crate) struct TestPersona {
     /// The VAD stop window, when not the default.
     vad_stop_secs: Option<f64>,
     speculative_replies: Option<bool>,
+    /// The reference bots' turn-taking values (VAD stop 0.5 s, Smart Turn pre-speech 0 ms).
+    reference_turns: bool,
     tools: Vec<ToolSpec>,
     tool_result: String,
     /// What the tool asks for after its result (default: nothing).
@@ -105,6 +107,10 @@ impl Persona for TestPersonaCall {
             let mut setup = self.inner.setup(call).await;
             if let Some(idle) = self.cfg.idle {
                 setup.idle.timeout = idle;
+            }
+            if self.cfg.reference_turns {
+                setup.turn_taking.vad = VadParams::reference_seed();
+                setup.turn_taking.turn = TurnParams::reference_seed();
             }
             if let Some(stop) = self.cfg.vad_stop_secs {
                 setup.turn_taking.vad.stop_secs = stop;
@@ -591,10 +597,12 @@ async fn a_hanging_tts_is_retried_with_one_shot_synthesis() {
 #[ignore]
 async fn measure_voice_to_voice() {
     // SPECULATIVE=0 turns speculative replies off; STT_DELAY_MS / LLM_DELAY_MS / TTS_DELAY_MS give
-    // the fakes a final-transcript / first-token / first-byte delay like real providers'.
+    // the fakes a final-transcript / first-token / first-byte delay like real providers';
+    // REFERENCE_TURNS=1 uses the reference bots' turn-taking values (VAD stop 0.5 s).
     let env_ms = |k: &str| Duration::from_millis(std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(0));
     let speculative = std::env::var("SPECULATIVE").map_or(true, |v| v != "0");
-    let persona = TestPersona { speculative_replies: Some(speculative), ..Default::default() };
+    let reference_turns = std::env::var("REFERENCE_TURNS").is_ok_and(|v| v == "1");
+    let persona = TestPersona { speculative_replies: Some(speculative), reference_turns, ..Default::default() };
     let rig = Rig::start(persona).await;
     rig.stt.configure(|s| {
         s.fallback = "Hello there.".into();
@@ -602,7 +610,7 @@ async fn measure_voice_to_voice() {
     });
     rig.groq.configure(|s| s.first_token_delay = env_ms("LLM_DELAY_MS"));
     rig.tts.configure(|s| s.first_byte_delay = env_ms("TTS_DELAY_MS"));
-    eprintln!("speculative replies: {speculative}");
+    eprintln!("speculative replies: {speculative}, reference turn-taking values: {reference_turns}");
     let mut latencies = Vec::new();
     for _ in 0..7 {
         let mut plan = rig.plan("turns_8k.wav", Duration::from_secs(21));
