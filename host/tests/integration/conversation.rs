@@ -621,6 +621,8 @@ async fn measure_voice_to_voice() {
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
     eprintln!("turns: {} p50: {:.1} ms p95: {:.1} ms max: {:.1} ms", latencies.len(), pct(0.5), pct(0.95), pct(1.0));
+    // Turns Smart Turn scored incomplete wait for the silence fallback (1.5 s).
+    eprintln!("answered after more than 1 s: {}", latencies.iter().filter(|l| **l > 1000.0).count());
     // The server's own view of each answered turn, from speech end as the VAD placed it.
     let parts: Vec<TurnLatency> = (rig.events.0.lock().unwrap().iter())
         .filter_map(|(_, e)| match e {
