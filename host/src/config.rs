@@ -62,6 +62,9 @@ pub struct Config {
     pub personas_dir: PathBuf,
     /// The call history's SQLite file; `None` = history off (`HISTORY=off` or empty `DATABASE_PATH`).
     pub database_path: Option<PathBuf>,
+    /// Calls (rows, recordings and transcripts) older than this are deleted by the history's
+    /// writer; `None` keeps everything (`HISTORY_RETENTION_DAYS` unset or 0).
+    pub history_retention: Option<Duration>,
     /// Key for `/api/*`; when unset the API answers only direct requests from this machine.
     pub api_key: Option<String>,
     /// Secret for stream tokens; derived from the Twilio auth token when unset.
@@ -186,6 +189,17 @@ impl Config {
             Some(p) => Some(PathBuf::from(p)),
             None => Some(PathBuf::from(DEFAULT_DATABASE_PATH)),
         };
+        let history_retention = match src.get("HISTORY_RETENTION_DAYS") {
+            None => None,
+            Some(d) => match d.parse::<u32>() {
+                Ok(0) => None,
+                Ok(days) => Some(Duration::from_secs(u64::from(days) * 86_400)),
+                Err(_) => return Err(invalid("HISTORY_RETENTION_DAYS", format!("not a number of days: {d:?}"))),
+            },
+        };
+        if history_retention.is_some() && database_path.is_none() {
+            warnings.push("HISTORY_RETENTION_DAYS needs the call history: recordings are kept forever".into());
+        }
         let api_key = src.get("API_KEY");
         if api_key.is_none() && database_path.is_some() {
             warnings
@@ -206,6 +220,7 @@ impl Config {
             recordings_dir: src.get("RECORDINGS_DIR").map(PathBuf::from).unwrap_or_else(|| "recordings".into()),
             personas_dir: src.get("PERSONAS_DIR").map(PathBuf::from).unwrap_or_else(|| "personas".into()),
             database_path,
+            history_retention,
             api_key,
             stream_token_secret: src.get("STREAM_TOKEN_SECRET"),
             drain_timeout: Duration::from_secs(drain_secs),
@@ -301,6 +316,19 @@ mod tests {
         assert!(e.to_string().starts_with("PORT"));
         let e = Config::from_sources(&Overrides::default(), env(&[("GROQ_BASE_URL", "ftp:nothing")])).unwrap_err();
         assert!(e.to_string().starts_with("GROQ_BASE_URL"));
+    }
+
+    #[test]
+    fn history_retention_is_days_and_zero_or_unset_keeps_everything() {
+        let cfg = |v: &[(&str, &str)]| Config::from_sources(&Overrides::default(), env(v));
+        assert_eq!(cfg(&[]).unwrap().0.history_retention, None);
+        assert_eq!(cfg(&[("HISTORY_RETENTION_DAYS", "0")]).unwrap().0.history_retention, None);
+        let (c, _) = cfg(&[("HISTORY_RETENTION_DAYS", "30")]).unwrap();
+        assert_eq!(c.history_retention, Some(Duration::from_secs(30 * 86_400)));
+        let e = cfg(&[("HISTORY_RETENTION_DAYS", "a month")]).unwrap_err();
+        assert!(e.to_string().starts_with("HISTORY_RETENTION_DAYS"), "{e}");
+        let (_, w) = cfg(&[("HISTORY_RETENTION_DAYS", "7"), ("HISTORY", "off")]).unwrap();
+        assert!(w.iter().any(|w| w.contains("HISTORY_RETENTION_DAYS needs the call history")), "{w:?}");
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub history_dropped_events: Counter,
     /// Call events stored in the history.
     pub history_events_written: Counter,
+    /// Calls deleted by the retention policy (rows and files).
+    pub history_pruned_calls: Counter,
 }
 
 /// Buckets (seconds) for latencies from a few ms to several seconds.
@@ -129,6 +131,12 @@ impl Metrics {
             "Call events stored in the history",
             history_events_written.clone(),
         );
+        let history_pruned_calls = Counter::default();
+        registry.register(
+            "history_pruned_calls",
+            "Calls deleted from the history by HISTORY_RETENTION_DAYS, with their files",
+            history_pruned_calls.clone(),
+        );
         Self {
             registry,
             provider_errors,
@@ -143,6 +151,7 @@ impl Metrics {
             history_errors,
             history_dropped_events,
             history_events_written,
+            history_pruned_calls,
             calls_active,
             calls_total,
             webhooks_rejected,

@@ -9,6 +9,7 @@
 //! connection.
 
 mod reader;
+mod retention;
 mod schema;
 mod sink;
 mod writer;
@@ -52,6 +53,10 @@ pub struct HistoryOptions {
     pub channel_capacity: usize,
     /// Events per transaction at most.
     pub max_batch: usize,
+    /// Finished calls older than this are deleted with their files (`None`: kept forever).
+    pub retention: Option<Duration>,
+    /// How often the retention policy runs (also once at start).
+    pub prune_every: Duration,
 }
 
 impl Default for HistoryOptions {
@@ -62,6 +67,8 @@ impl Default for HistoryOptions {
             // A call makes a few dozen events; this is minutes of every call at once.
             channel_capacity: 16_384,
             max_batch: 512,
+            retention: None,
+            prune_every: Duration::from_secs(3600),
         }
     }
 }
@@ -88,6 +95,7 @@ impl History {
             max_batch: options.max_batch.max(1),
             retry_for: options.retry_for,
             stopping: stopping.clone(),
+            retention: options.retention.map(|keep| writer::RetentionPlan { keep, every: options.prune_every }),
         };
         let thread = std::thread::Builder::new()
             .name("history-writer".into())
@@ -161,9 +169,11 @@ pub fn open_for_server(config: &Config, metrics: Arc<Metrics>) -> Option<History
         tracing::info!("call history is off (HISTORY=off or an empty DATABASE_PATH)");
         return None;
     };
-    match History::open(path, HistoryOptions::default(), metrics.clone()) {
+    let options = HistoryOptions { retention: config.history_retention, ..HistoryOptions::default() };
+    match History::open(path, options, metrics.clone()) {
         Ok(h) => {
-            tracing::info!(path = %path.display(), "call history on");
+            let retention_days = config.history_retention.map(|d| d.as_secs() / 86_400);
+            tracing::info!(path = %path.display(), ?retention_days, "call history on");
             Some(h)
         }
         Err(e) => {
@@ -239,6 +249,42 @@ mod tests {
         assert_eq!(d.lines[0].latency.as_ref().unwrap().llm_first_token_ms, Some(80.0));
         assert!(metrics.render().contains("switchboard_history_events_written_total 4"), "{}", metrics.render());
         assert!(h.reader().call("CAnone").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_writer_prunes_calls_past_retention_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = HistoryOptions {
+            retention: Some(Duration::from_secs(86_400)),
+            prune_every: Duration::from_millis(50),
+            ..HistoryOptions::default()
+        };
+        let (h, metrics) = open(dir.path(), options);
+        let hub = CallEvents::new();
+        hub.add_sink(h.sink());
+        let now = crate::call::events::unix_ms(std::time::SystemTime::now());
+        let recording = dir.path().join("CAold.wav");
+        std::fs::write(&recording, b"RIFF").unwrap();
+        for (sid, started_at) in [("CAold", now - 3 * 86_400_000), ("CAnew", now - 1_000)] {
+            let call = hub.open(sid);
+            call.emit(started(started_at, "inbound"));
+            let recording = (sid == "CAold").then(|| recording.clone());
+            call.emit(CallEvent::Files { recording, transcript: None });
+            call.emit(CallEvent::Ended {
+                outcome: "caller_hung_up".into(),
+                detail: None,
+                ended_at_ms: started_at + 500,
+            });
+        }
+        assert!(h.flush(Duration::from_secs(5)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while h.reader().call("CAold").unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "the old call was never pruned");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(h.reader().call("CAnew").unwrap().is_some(), "a recent call stays");
+        assert!(!recording.exists(), "the old call's recording went with it");
+        assert!(metrics.render().contains("switchboard_history_pruned_calls_total 1"), "{}", metrics.render());
     }
 
     #[test]
@@ -354,6 +400,7 @@ mod tests {
             retry_for: Duration::from_secs(30),
             channel_capacity: 4,
             max_batch: 1,
+            ..HistoryOptions::default()
         };
         let (h, metrics) = open(dir.path(), options);
         let (lock, hub) = locked(dir.path(), &h);
@@ -384,6 +431,34 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         assert!(open_for_server(&config, metrics.clone()).is_none());
         assert!(metrics.render().contains("switchboard_history_errors_total{kind=\"open\"} 1"), "{}", metrics.render());
+    }
+
+    #[test]
+    fn a_server_with_retention_prunes_what_it_finds_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.db");
+        {
+            // A call from a previous run, finished 40 days ago.
+            let (h, _) = open(dir.path(), HistoryOptions::default());
+            let hub = CallEvents::new();
+            hub.add_sink(h.sink());
+            let call = hub.open("CAold");
+            let long_ago = crate::call::events::unix_ms(std::time::SystemTime::now()) - 40 * 86_400_000;
+            call.emit(started(long_ago, "outbound"));
+            call.emit(CallEvent::Ended { outcome: "bot_hung_up".into(), detail: None, ended_at_ms: long_ago + 1 });
+            assert!(h.flush(Duration::from_secs(5)));
+        }
+        let env = [("DATABASE_PATH", db.display().to_string()), ("HISTORY_RETENTION_DAYS", "30".to_string())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let (config, _) = Config::from_sources(&Default::default(), env).unwrap();
+        let h = open_for_server(&config, Arc::new(Metrics::new())).expect("history");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while h.reader().call("CAold").unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "not pruned at start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

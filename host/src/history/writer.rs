@@ -31,6 +31,14 @@ pub struct WriterTuning {
     /// Set by the owner when it shuts down: a failing batch is dropped at once instead of being
     /// retried, so a locked or full database can't hold up the exit.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    pub retention: Option<RetentionPlan>,
+}
+
+/// When the writer prunes old calls.
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionPlan {
+    pub keep: Duration,
+    pub every: Duration,
 }
 
 /// Why a write failed, as the `kind` label of `switchboard_history_errors_total`.
@@ -92,11 +100,23 @@ pub fn run(mut conn: Connection, rx: Receiver<Msg>, tuning: WriterTuning, metric
     let mut failing_since: Option<Instant> = None;
     let mut attempt = 0u32;
     let mut throttle = LogThrottle::new(Duration::from_secs(10));
+    let mut next_prune = tuning.retention.map(|_| Instant::now());
     loop {
+        if let (Some(plan), Some(at)) = (tuning.retention, next_prune) {
+            if pending.is_empty() && !closing && Instant::now() >= at {
+                prune_old_calls(&mut conn, plan.keep, &metrics, &mut throttle);
+                next_prune = Some(Instant::now() + plan.every);
+            }
+        }
         if pending.is_empty() && acks.is_empty() && !closing {
-            match rx.recv() {
+            let got = match next_prune {
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match got {
                 Ok(m) => take(m, &mut pending, &mut acks, &mut closing),
-                Err(_) => closing = true,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => closing = true,
             }
         }
         while pending.len() < tuning.max_batch && !closing {
@@ -153,6 +173,29 @@ pub fn run(mut conn: Connection, rx: Receiver<Msg>, tuning: WriterTuning, metric
             }
             if closing {
                 break;
+            }
+        }
+    }
+}
+
+/// One retention pass; failures are logged and counted, and the next pass tries again.
+fn prune_old_calls(conn: &mut Connection, keep: Duration, metrics: &Metrics, throttle: &mut LogThrottle) {
+    let cutoff = unix_ms(SystemTime::now()).saturating_sub(keep.as_millis().min(u128::from(u64::MAX)) as u64);
+    match super::retention::prune(conn, ms(cutoff)) {
+        Ok(pruned) => {
+            metrics.history_pruned_calls.inc_by(pruned.calls);
+            if pruned.calls > 0 {
+                tracing::info!(calls = pruned.calls, files = pruned.files, "call history: old calls deleted");
+            }
+            for error in pruned.file_errors.iter().take(10) {
+                tracing::warn!(%error, "call history: a pruned call's file was not removed");
+            }
+        }
+        Err(e) => {
+            let kind = error_kind(&e);
+            Metrics::inc(&metrics.history_errors, "kind", kind);
+            if let Some(held) = throttle.allow(kind) {
+                tracing::error!(error = %e, kind, suppressed = held, "call history: pruning old calls failed");
             }
         }
     }
