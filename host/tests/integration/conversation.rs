@@ -383,6 +383,80 @@ async fn a_peer_that_stops_streaming_mid_sentence_still_gets_an_answer() {
     assert!(latency >= 1000.0, "answered {latency} ms after the speech: before the audio idle stop?");
 }
 
+/// Runs `n` calls of the first turns_8k question, `at_once` at a time, each hung up by the caller
+/// 4.5 s in (mid-answer), and waits until the server has no call left.
+async fn run_short_calls(rig: &Rig, n: usize, at_once: usize) {
+    let mut started = 0;
+    while started < n {
+        let wave: Vec<_> = (started..n.min(started + at_once))
+            .map(|_| {
+                let mut plan = rig.plan("turns_8k.wav", Duration::from_millis(4500));
+                plan.record = None;
+                rig.rest.seed_call(&plan.call_sid, &plan.from, &plan.to, "inbound", "in-progress");
+                plan.end_signal = Some(rig.rest.end_signal(&plan.call_sid));
+                async move { simulate_call(&plan).await }
+            })
+            .collect();
+        started += wave.len();
+        for report in futures_util::future::join_all(wave).await {
+            assert!(report.ok(), "{report:?}");
+        }
+    }
+    wait_for("every call to end", Duration::from_secs(10), || rig.server.state.drain.active() == 0).await;
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A call's end releases everything it held. After 100 calls (hung up mid-answer, with STT, LLM,
+/// TTS, VAD and Smart Turn all in use) the server has no call left; a second 100 calls then leave
+/// no more tasks, threads or live heap than the first. (The first batch is the baseline because
+/// HTTP connection pools on both sides keep a task per idle connection for a while.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_calls_leave_no_task_thread_or_memory_behind() {
+    let rig = Rig::start(TestPersona::default()).await;
+    rig.stt.configure(|s| {
+        s.fallback = "What time is it?".into();
+        s.keep_audio = false; // 72 kB per call the fake would keep, not the server
+    });
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let settled = || async {
+        // What the fakes and the event log kept is the test's, not the server's: dropped here
+        // (their buffers keep their capacity, so the next batch reuses it).
+        rig.groq.forget();
+        rig.tts.forget();
+        rig.stt.forget();
+        rig.rest.forget();
+        rig.events.0.lock().unwrap().clear();
+        // Blocking-pool threads linger 10 s after their last job; tasks of ended calls go at once.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        (runtime.num_alive_tasks(), proc_rss_kb("Threads:"), crate::support::heap::live_bytes() / 1024)
+    };
+    run_short_calls(&rig, 100, 50).await;
+    let answered = rig.groq.requests().len();
+    assert!(answered >= 200, "every call was greeted and answered once at least: {answered} LLM requests");
+    let metrics = reqwest::get(format!("{}/metrics", rig.server.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("switchboard_calls_active 0"), "{metrics}");
+    let (tasks, threads, heap) = settled().await;
+
+    run_short_calls(&rig, 100, 50).await;
+    let (tasks_2, threads_2, heap_2) = settled().await;
+    eprintln!(
+        "after 100 calls: {tasks} tasks, {threads} threads, {heap} kB heap; after 200: {tasks_2}, {threads_2}, {heap_2} kB"
+    );
+    // Idle pooled HTTP connections (a task each, up to one per concurrent call on either side)
+    // make the count wander by a few dozen; a leak of even one task per call adds 100.
+    assert!(tasks_2 <= tasks + 50, "tasks: {tasks} after 100 calls, {tasks_2} after 200");
+    assert!(threads_2 <= threads + 2, "threads: {threads} after 100 calls, {threads_2} after 200");
+    // A leaked call would keep ~1.6 MB; 20 kB per call is the bar.
+    assert!(heap_2 - heap < 100 * 20, "the heap grew from {heap} to {heap_2} kB over the second 100 calls");
+}
+
 #[tokio::test]
 async fn barge_in_clears_and_keeps_only_what_was_heard() {
     let rig = Rig::start(TestPersona::default()).await;

@@ -14,3 +14,6 @@ mod sim;
 mod support;
 mod telephony;
 mod telephony_rest;
+
+#[global_allocator]
+static HEAP: support::heap::CountingAllocator = support::heap::CountingAllocator;

@@ -88,6 +88,8 @@ pub struct SttSettings {
     pub fallback: String,
     /// Refuse handshakes with this HTTP status while set (e.g. 503 during an outage).
     pub refuse_status: Option<u16>,
+    /// Keep every connection's audio in [`SttConnection::audio`] (off for long runs).
+    pub keep_audio: bool,
 }
 
 impl Default for SttSettings {
@@ -104,6 +106,7 @@ impl Default for SttSettings {
             ack_idle_finalize: true,
             fallback: "utterance {n}".into(),
             refuse_status: None,
+            keep_audio: true,
         }
     }
 }
@@ -238,6 +241,13 @@ impl FakeDeepgramStt {
 
     pub fn connections(&self) -> Vec<SttConnection> {
         self.shared.lock().connections.clone()
+    }
+
+    /// Drops what was recorded (keeps settings and script); only between calls, for long runs.
+    pub fn forget(&self) {
+        let mut inner = self.shared.lock();
+        inner.connections.clear();
+        inner.attempts.clear();
     }
 
     pub fn attempts(&self) -> Vec<SttAttempt> {
@@ -634,8 +644,10 @@ impl Conn {
     async fn on_audio(&mut self, socket: &mut WebSocket, bytes: &[u8]) -> Next {
         self.last_input = Instant::now();
         self.audio_bytes += bytes.len();
-        self.record(|c| c.audio.extend_from_slice(bytes));
         let s = self.settings();
+        if s.keep_audio {
+            self.record(|c| c.audio.extend_from_slice(bytes));
+        }
         if self.format.decodable {
             self.detector.push_bytes(bytes, self.format);
             let shared = self.shared.clone();

@@ -178,6 +178,14 @@ impl FakeDeepgramTts {
         self.shared.lock().connections.clone()
     }
 
+    /// Drops what was recorded (keeps settings); only between calls, for long runs.
+    pub fn forget(&self) {
+        let mut inner = self.shared.lock();
+        inner.connections.clear();
+        inner.rest.clear();
+        inner.refused.clear();
+    }
+
     pub fn rest_requests(&self) -> Vec<TtsRestRequest> {
         self.shared.lock().rest.clone()
     }

@@ -179,6 +179,11 @@ impl FakeGroq {
         self.shared.lock().requests.clone()
     }
 
+    /// Drops what was recorded (keeps settings and script), for long runs.
+    pub fn forget(&self) {
+        self.shared.lock().requests.clear();
+    }
+
     /// Polls until `check` holds for the requests (true) or `limit` passes (false).
     pub async fn wait_until(&self, limit: Duration, check: impl Fn(&[GroqRequest]) -> bool) -> bool {
         super::poll_until(limit, || check(&self.shared.lock().requests)).await

@@ -1,4 +1,5 @@
 //! Test support: provider fakes and the browser test runner.
 
 pub mod browser;
+pub mod heap;
 pub mod twilio_rest;

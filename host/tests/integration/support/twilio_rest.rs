@@ -178,6 +178,15 @@ impl FakeTwilio {
         self.shared.lock().requests.clone()
     }
 
+    /// Drops what was recorded and every call it knew; only between calls, for long runs.
+    pub fn forget(&self) {
+        let mut inner = self.shared.lock();
+        inner.requests.clear();
+        inner.calls.clear();
+        inner.end_signals.clear();
+        inner.reports.clear();
+    }
+
     /// Makes a call known (as an inbound call Twilio would know about).
     pub fn seed_call(&self, sid: &str, from: &str, to: &str, direction: &str, status: &str) {
         let call = FakeCall {
