@@ -1,6 +1,8 @@
 //! Process metrics in Prometheus text format (`GET /metrics`).
 
-use prometheus_client::encoding::text::encode;
+mod process;
+
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,6 +16,8 @@ pub type Label = Vec<(&'static str, &'static str)>;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The standard `process_*` metrics, which by convention carry no prefix.
+    process: Registry,
     pub calls_active: Gauge,
     pub calls_total: Family<Label, Counter>,
     pub webhooks_rejected: Family<Label, Counter>,
@@ -62,6 +66,9 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("switchboard");
+        registry.register_collector(Box::new(process::RuntimeCollector));
+        let mut process = Registry::default();
+        process.register_collector(Box::new(process::ProcessCollector));
         let calls_active = Gauge::default();
         registry.register("calls_active", "Calls with an open media stream", calls_active.clone());
         let calls_total = Family::<Label, Counter>::default();
@@ -139,6 +146,7 @@ impl Metrics {
         );
         Self {
             registry,
+            process,
             provider_errors,
             stt_final_latency,
             llm_first_token,
@@ -176,7 +184,41 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process))
+            .and_then(|()| encode_eof(&mut out));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_page_has_ours_the_standard_process_metrics_and_one_eof() {
+        let m = Metrics::new();
+        m.calls_active.set(2);
+        let page = m.render();
+        assert!(page.contains("switchboard_calls_active 2"), "{page}");
+        assert!(page.contains("# TYPE switchboard_runtime_alive_tasks gauge"), "{page}");
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_threads",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            let value = page
+                .lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+                .unwrap_or_else(|| panic!("{name} missing: {page}"));
+            // A fresh test process may not have used a whole clock tick of CPU yet.
+            assert!(value > 0.0 || name == "process_cpu_seconds_total", "{name} = {value}");
+        }
+        assert!(!page.contains("switchboard_process_"), "process metrics carry no prefix");
+        assert_eq!(page.matches("# EOF").count(), 1);
+        assert!(page.ends_with("# EOF\n"), "{page}");
     }
 }
