@@ -71,7 +71,8 @@ pub struct AnalyzeArgs {
     #[arg(long)]
     pub reference_seed: bool,
     /// Also run Smart Turn N quiet VAD windows (32 ms each) into every pause, before the VAD
-    /// stop, to see how its verdict moves with trailing silence. Repeatable.
+    /// stop, to see how its verdict moves with trailing silence. Repeatable. N must be below
+    /// the stop window (6 windows by default, 16 with --reference-seed) to probe anything.
     #[arg(long = "probe-pause", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub probe_pauses: Vec<u32>,
 }

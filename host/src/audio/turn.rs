@@ -741,10 +741,7 @@ impl TurnDetector {
         let fallback_complete = self.turn.append(frame);
         let window = self.vad.push_frame(frame).await?;
         let event = window.and_then(|w| w.event);
-        let pending = match event.and_then(|e| self.turn.on_vad_event(e)) {
-            Some(segment) => Some(self.smart_turn.submit(segment)?),
-            None => None,
-        };
+        let pending = event.and_then(|e| self.score(e));
         Ok(FrameOutcome { window, event, fallback_complete, pending })
     }
 
@@ -755,15 +752,23 @@ impl TurnDetector {
 
     /// The reference's idle-audio stop (no frames for 1 s while speaking): reports a
     /// speech stop if one was due and starts scoring the turn, as a VAD stop would.
-    pub fn force_stop(&mut self) -> Result<Option<(VadEvent, Option<PendingTurn>)>, TurnError> {
-        let Some(event) = self.vad.force_stop() else {
-            return Ok(None);
-        };
-        let pending = match self.turn.on_vad_event(event) {
-            Some(segment) => Some(self.smart_turn.submit(segment)?),
-            None => None,
-        };
-        Ok(Some((event, pending)))
+    pub fn force_stop(&mut self) -> Option<(VadEvent, Option<PendingTurn>)> {
+        let event = self.vad.force_stop()?;
+        Some((event, self.score(event)))
+    }
+
+    /// Hands a VAD edge to the turn analyzer and, at a stop, the segment to Smart Turn. A model
+    /// that can't take it (its engine stopped) is logged and gives no verdict: the edge itself
+    /// is never lost, and the turn then ends by its silence fallback or watchdog.
+    fn score(&mut self, event: VadEvent) -> Option<PendingTurn> {
+        let segment = self.turn.on_vad_event(event)?;
+        match self.smart_turn.submit(segment) {
+            Ok(pending) => Some(pending),
+            Err(e) => {
+                tracing::warn!(error = %e, "smart turn unavailable; the turn ends without its verdict");
+                None
+            }
+        }
     }
 
     /// Forgets the current turn (e.g. it ended by another path).
@@ -968,7 +973,7 @@ mod tests {
             let params = VadParams::default();
             let stream = vad.stream(VadRate::Hz8000, params);
             let mut detector = TurnDetector::new(stream, turn.handle(), TurnParams::default(), params.start_secs);
-            assert!(detector.force_stop().unwrap().is_none(), "nothing to stop yet");
+            assert!(detector.force_stop().is_none(), "nothing to stop yet");
             let mut started = false;
             for frame in pcm.chunks(160) {
                 if detector.push_frame(frame).await.unwrap().event == Some(VadEvent::SpeechStart) {
@@ -977,10 +982,29 @@ mod tests {
                 }
             }
             assert!(started);
-            let (event, pending) = detector.force_stop().unwrap().expect("a stop is due");
+            let (event, pending) = detector.force_stop().expect("a stop is due");
             assert_eq!(event, VadEvent::SpeechStop);
             let verdict = pending.expect("segment to score").verdict().await.unwrap();
             assert!((0.0..=1.0).contains(&verdict.probability));
+            assert!(!detector.turn().user_speaking());
+
+            // With Smart Turn's worker gone the edge still comes through, just without a verdict.
+            let (tx, rx) = mpsc::channel();
+            drop(rx);
+            let stream = vad.stream(VadRate::Hz8000, params);
+            let dead = SmartTurnHandle { tx };
+            let mut detector = TurnDetector::new(stream, dead, TurnParams::default(), params.start_secs);
+            let mut started = false;
+            for frame in pcm.chunks(160) {
+                if detector.push_frame(frame).await.unwrap().event == Some(VadEvent::SpeechStart) {
+                    started = true;
+                    break;
+                }
+            }
+            assert!(started, "speech again");
+            let (event, pending) = detector.force_stop().expect("a stop is due");
+            assert_eq!(event, VadEvent::SpeechStop);
+            assert!(pending.is_none(), "no model to score it");
             assert!(!detector.turn().user_speaking());
         });
     }

@@ -1,68 +1,74 @@
 //! Retention: calls that ended longer ago than the operator keeps them are deleted, rows first,
-//! then the recording and transcript files those rows named. Runs on the writer thread, so it
-//! never races a write and never touches a call's task.
+//! then the recording and transcript files those rows named. Runs on the writer thread, one
+//! batch at a time between writes, so it never races a write, never holds up new events for
+//! long, and never touches a call's task.
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, TransactionBehavior};
 
-/// Calls deleted per transaction: keeps each write lock short while the API reads.
+/// Calls deleted per transaction: keeps each write lock short while calls are written and read.
 const BATCH: usize = 500;
 
-/// What one pruning pass removed.
+/// What one batch removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pruned {
     pub calls: u64,
     pub files: u64,
-    /// Files that could not be removed (other than already gone); logged by the caller.
+    /// Files that were not removed (other than already gone), with why; logged by the caller.
     pub file_errors: Vec<String>,
+    /// The batch was full: more old calls may be waiting.
+    pub more: bool,
 }
 
-/// Deletes every finished call that ended (or, without an end, started) before `cutoff_ms`
-/// (Unix ms), with its lines, then its files. Calls still in progress are never touched.
-pub fn prune(conn: &mut Connection, cutoff_ms: i64) -> Result<Pruned, rusqlite::Error> {
-    let mut out = Pruned::default();
-    loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let doomed: Vec<(String, Option<String>, Option<String>)> = {
-            let mut stmt = tx.prepare_cached(
-                "SELECT call_sid, recording_path, transcript_path FROM calls
-                 WHERE outcome IS NOT NULL AND COALESCE(ended_at_ms, started_at_ms) < ?1 LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![cutoff_ms, BATCH as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        {
-            // Lines go with their call (ON DELETE CASCADE; the connection enables foreign keys).
-            let mut delete = tx.prepare_cached("DELETE FROM calls WHERE call_sid = ?1")?;
-            for (sid, _, _) in &doomed {
-                delete.execute([sid])?;
-            }
-        }
-        tx.commit()?;
-        out.calls += doomed.len() as u64;
-        for path in doomed.iter().flat_map(|(_, rec, tr)| [rec, tr]).flatten() {
-            match remove_regular_file(Path::new(path)) {
-                Ok(true) => out.files += 1,
-                Ok(false) => {}
-                Err(e) => out.file_errors.push(format!("{path}: {e}")),
-            }
-        }
-        if doomed.len() < BATCH {
-            return Ok(out);
+/// Deletes up to one batch of finished calls that ended (calls marked interrupted have no end:
+/// started) before `cutoff_ms` (Unix ms), with their lines, then their files — only regular
+/// files inside `recordings_dir`. Calls still in progress are never touched.
+pub fn prune_batch(conn: &mut Connection, cutoff_ms: i64, recordings_dir: &Path) -> Result<Pruned, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let doomed: Vec<(String, Option<String>, Option<String>)> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT call_sid, recording_path, transcript_path FROM calls
+             WHERE outcome IS NOT NULL AND COALESCE(ended_at_ms, started_at_ms) < ?1 LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![cutoff_ms, BATCH as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    {
+        // Lines go with their call (ON DELETE CASCADE; the connection enables foreign keys).
+        let mut delete = tx.prepare_cached("DELETE FROM calls WHERE call_sid = ?1")?;
+        for (sid, _, _) in &doomed {
+            delete.execute([sid])?;
         }
     }
+    tx.commit()?;
+    let mut out = Pruned { calls: doomed.len() as u64, more: doomed.len() == BATCH, ..Pruned::default() };
+    for path in doomed.iter().flat_map(|(_, rec, tr)| [rec, tr]).flatten() {
+        match remove_call_file(Path::new(path), recordings_dir) {
+            Ok(true) => out.files += 1,
+            Ok(false) => {}
+            Err(e) => out.file_errors.push(format!("{path}: {e}")),
+        }
+    }
+    Ok(out)
 }
 
-/// Removes `path` if it is a regular file; `Ok(false)` when it is already gone. Anything else
-/// (a directory, a symlink planted where a recording was) is left alone and reported.
-fn remove_regular_file(path: &Path) -> std::io::Result<bool> {
+/// Removes `path` if it is a regular file inside `dir`; `Ok(false)` when it is already gone.
+/// Anything else — a directory or symlink where a recording was, a path outside the recordings
+/// directory (e.g. a relative path recorded by a server started elsewhere) — is left alone.
+fn remove_call_file(path: &Path, dir: &Path) -> std::io::Result<bool> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_file() => std::fs::remove_file(path).map(|()| true),
-        Ok(_) => Err(std::io::Error::other("not a regular file; left in place")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(std::io::Error::other("not a regular file; left in place")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
     }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let inside = std::fs::canonicalize(parent)?.starts_with(std::fs::canonicalize(dir)?);
+    if !inside {
+        return Err(std::io::Error::other(format!("outside {}; left in place", dir.display())));
+    }
+    std::fs::remove_file(path).map(|()| true)
 }
 
 #[cfg(test)]
@@ -99,6 +105,20 @@ mod tests {
         (rec, tr)
     }
 
+    /// Every batch, as the writer would run them one after another.
+    fn prune(conn: &mut Connection, cutoff_ms: i64, dir: &Path) -> Result<Pruned, rusqlite::Error> {
+        let mut total = Pruned::default();
+        loop {
+            let p = prune_batch(conn, cutoff_ms, dir)?;
+            total.calls += p.calls;
+            total.files += p.files;
+            total.file_errors.extend(p.file_errors);
+            if !p.more {
+                return Ok(total);
+            }
+        }
+    }
+
     fn sids(conn: &Connection) -> Vec<String> {
         let mut stmt = conn.prepare("SELECT call_sid FROM calls ORDER BY call_sid").unwrap();
         stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
@@ -125,7 +145,7 @@ mod tests {
         // Started long ago and never ended: in progress, whatever its age.
         call(&conn, "CAlive", 1_000, None, (&live.0, &live.1));
 
-        let pruned = prune(&mut conn, 10_000).unwrap();
+        let pruned = prune(&mut conn, 10_000, dir.path()).unwrap();
         assert_eq!((pruned.calls, pruned.files), (1, 2), "{pruned:?}");
         assert!(pruned.file_errors.is_empty());
         assert_eq!(sids(&conn), ["CAlive", "CArecent"]);
@@ -134,7 +154,7 @@ mod tests {
         assert!(!old.0.exists() && !old.1.exists());
         assert!(recent.0.exists() && live.0.exists() && live.1.exists());
         // Nothing left to do: a second pass removes nothing.
-        assert_eq!(prune(&mut conn, 10_000).unwrap(), Pruned::default());
+        assert_eq!(prune(&mut conn, 10_000, dir.path()).unwrap(), Pruned::default());
     }
 
     #[test]
@@ -145,12 +165,29 @@ mod tests {
         let a_dir = dir.path().join("a-dir.jsonl");
         std::fs::create_dir(&a_dir).unwrap();
         call(&conn, "CA1", 1_000, Some(2_000), (&gone, &a_dir));
-        let pruned = prune(&mut conn, 10_000).unwrap();
+        let pruned = prune(&mut conn, 10_000, dir.path()).unwrap();
         assert_eq!((pruned.calls, pruned.files), (1, 0));
         assert_eq!(pruned.file_errors.len(), 1, "{pruned:?}");
         assert!(pruned.file_errors[0].contains("a-dir.jsonl"));
         assert!(a_dir.is_dir());
         assert!(sids(&conn).is_empty());
+    }
+
+    #[test]
+    fn files_outside_the_recordings_directory_are_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let recordings = dir.path().join("recordings");
+        std::fs::create_dir(&recordings).unwrap();
+        let mut conn = schema::open_writer(&dir.path().join("h.db"), Duration::from_millis(100)).unwrap();
+        let (inside, _) = files(&recordings, "CA1");
+        let (outside, _) = files(dir.path(), "CA2");
+        call(&conn, "CA1", 1_000, Some(2_000), (&inside, &recordings.join("none.jsonl")));
+        call(&conn, "CA2", 1_000, Some(2_000), (&outside, &dir.path().join("none.jsonl")));
+        let pruned = prune(&mut conn, 10_000, &recordings).unwrap();
+        assert_eq!((pruned.calls, pruned.files), (2, 1), "{pruned:?}");
+        assert!(!inside.exists());
+        assert!(outside.exists(), "not the recordings directory's to delete");
+        assert!(pruned.file_errors.iter().any(|e| e.contains("CA2.wav") && e.contains("outside")), "{pruned:?}");
     }
 
     #[test]
@@ -161,7 +198,9 @@ mod tests {
         for i in 0..(BATCH + 20) {
             call(&conn, &format!("CA{i}"), 1_000, Some(2_000), (&none, &none));
         }
-        assert_eq!(prune(&mut conn, 10_000).unwrap().calls, (BATCH + 20) as u64);
+        let first = prune_batch(&mut conn, 10_000, dir.path()).unwrap();
+        assert_eq!((first.calls, first.more), (BATCH as u64, true), "one batch at a time");
+        assert_eq!(prune(&mut conn, 10_000, dir.path()).unwrap().calls, 20);
         assert!(sids(&conn).is_empty());
     }
 }

@@ -34,11 +34,12 @@ pub struct WriterTuning {
     pub retention: Option<RetentionPlan>,
 }
 
-/// When the writer prunes old calls.
-#[derive(Debug, Clone, Copy)]
+/// When the writer prunes old calls, and where their files may be deleted.
+#[derive(Debug, Clone)]
 pub struct RetentionPlan {
     pub keep: Duration,
     pub every: Duration,
+    pub recordings_dir: std::path::PathBuf,
 }
 
 /// Why a write failed, as the `kind` label of `switchboard_history_errors_total`.
@@ -100,12 +101,14 @@ pub fn run(mut conn: Connection, rx: Receiver<Msg>, tuning: WriterTuning, metric
     let mut failing_since: Option<Instant> = None;
     let mut attempt = 0u32;
     let mut throttle = LogThrottle::new(Duration::from_secs(10));
-    let mut next_prune = tuning.retention.map(|_| Instant::now());
+    let mut next_prune = tuning.retention.as_ref().map(|_| Instant::now());
     loop {
-        if let (Some(plan), Some(at)) = (tuning.retention, next_prune) {
+        if let (Some(plan), Some(at)) = (&tuning.retention, next_prune) {
             if pending.is_empty() && !closing && Instant::now() >= at {
-                prune_old_calls(&mut conn, plan.keep, &metrics, &mut throttle);
-                next_prune = Some(Instant::now() + plan.every);
+                // One batch, then back to the channel: a big backlog of old calls is worked
+                // off between writes instead of holding them (and flushes, and shutdown) up.
+                let more = prune_old_calls(&mut conn, plan, &metrics, &mut throttle);
+                next_prune = Some(if more { Instant::now() } else { Instant::now() + plan.every });
             }
         }
         if pending.is_empty() && acks.is_empty() && !closing {
@@ -178,10 +181,12 @@ pub fn run(mut conn: Connection, rx: Receiver<Msg>, tuning: WriterTuning, metric
     }
 }
 
-/// One retention pass; failures are logged and counted, and the next pass tries again.
-fn prune_old_calls(conn: &mut Connection, keep: Duration, metrics: &Metrics, throttle: &mut LogThrottle) {
-    let cutoff = unix_ms(SystemTime::now()).saturating_sub(keep.as_millis().min(u128::from(u64::MAX)) as u64);
-    match super::retention::prune(conn, ms(cutoff)) {
+/// One retention batch; failures are logged and counted, and the next pass tries again. True
+/// when more old calls may be waiting.
+fn prune_old_calls(conn: &mut Connection, plan: &RetentionPlan, metrics: &Metrics, throttle: &mut LogThrottle) -> bool {
+    let keep_ms = plan.keep.as_millis().min(u128::from(u64::MAX)) as u64;
+    let cutoff = unix_ms(SystemTime::now()).saturating_sub(keep_ms);
+    match super::retention::prune_batch(conn, ms(cutoff), &plan.recordings_dir) {
         Ok(pruned) => {
             metrics.history_pruned_calls.inc_by(pruned.calls);
             if pruned.calls > 0 {
@@ -190,6 +195,7 @@ fn prune_old_calls(conn: &mut Connection, keep: Duration, metrics: &Metrics, thr
             for error in pruned.file_errors.iter().take(10) {
                 tracing::warn!(%error, "call history: a pruned call's file was not removed");
             }
+            pruned.more
         }
         Err(e) => {
             let kind = error_kind(&e);
@@ -197,6 +203,7 @@ fn prune_old_calls(conn: &mut Connection, keep: Duration, metrics: &Metrics, thr
             if let Some(held) = throttle.allow(kind) {
                 tracing::error!(error = %e, kind, suppressed = held, "call history: pruning old calls failed");
             }
+            false
         }
     }
 }

@@ -240,7 +240,7 @@ pub(super) async fn run(deps: Arc<ConversationDeps>, info: CallInfo, mut io: Ses
                 s.on_verdict(verdict).await;
             }
             (unit, result) = next_synth(&mut s.synth) => s.on_synthesized(unit, result).await,
-            _ = sleep_until_opt(deadline) => s.on_timer().await,
+            _ = sleep_until_opt(deadline) => s.on_timer(!io.input.is_empty()).await,
         }
     }
     s.finish().await;
@@ -455,19 +455,18 @@ impl Session {
     /// The caller's audio stopped arriving while VAD said speaking: stop as VAD would have, with
     /// speech ending at the last frame.
     fn force_speech_stop(&mut self, now: Instant) {
-        match self.detector.force_stop() {
-            Ok(Some((crate::audio::vad::VadEvent::SpeechStop, pending))) => {
-                info!(
-                    silent_ms = now.duration_since(self.last_audio).as_millis() as u64,
-                    "no caller audio: speech stop forced"
-                );
-                self.on_speech_stop(now, self.last_audio);
-                if let Some(pending) = pending {
-                    self.pending_verdict = Some(Box::pin(PendingTurn::verdict(pending)));
-                }
+        if let Some((_, pending)) = self.detector.force_stop() {
+            info!(
+                silent_ms = now.duration_since(self.last_audio).as_millis() as u64,
+                "no caller audio: speech stop forced"
+            );
+            self.on_speech_stop(now, self.last_audio);
+            // VAD's own state machine still counts this pause: frames coming back quiet must
+            // not start a second pause (another `Finalize`, a speculative reply) for it.
+            self.quiet_windows = self.quiet_windows.max(PAUSE_WINDOWS);
+            if let Some(pending) = pending {
+                self.pending_verdict = Some(Box::pin(PendingTurn::verdict(pending)));
             }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "forcing a speech stop failed"),
         }
     }
 
@@ -536,9 +535,11 @@ impl Session {
         }
     }
 
-    async fn on_timer(&mut self) {
+    /// `input_pending`: caller frames are queued; a task that fell behind must handle them
+    /// before it may call the caller silent.
+    async fn on_timer(&mut self, input_pending: bool) {
         let now = Instant::now();
-        if self.detector.turn().user_speaking() && now >= self.last_audio + AUDIO_IDLE_STOP {
+        if !input_pending && self.detector.turn().user_speaking() && now >= self.last_audio + AUDIO_IDLE_STOP {
             self.force_speech_stop(now);
         }
         if let Some(sig) = self.turns.poll(now) {
