@@ -81,28 +81,38 @@ pub trait CallEventSink: Send + Sync {
     fn record(&self, call_sid: &str, event: &CallEvent);
 }
 
+/// One event of a live feed, numbered from 1 in the order the call emitted them: the id lets a
+/// reconnecting viewer (SSE `Last-Event-ID`) skip what it has already seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedEvent {
+    pub id: u64,
+    pub event: CallEvent,
+}
+
 /// A live feed of one call's events: a bounded backlog for late subscribers plus a broadcast.
 pub struct LiveFeed {
     inner: Mutex<LiveInner>,
 }
 
 struct LiveInner {
-    backlog: VecDeque<Arc<CallEvent>>,
-    tx: broadcast::Sender<Arc<CallEvent>>,
+    backlog: VecDeque<Arc<FeedEvent>>,
+    tx: broadcast::Sender<Arc<FeedEvent>>,
+    last_id: u64,
     ended: bool,
 }
 
 impl LiveFeed {
     fn new() -> Self {
         let (tx, _) = broadcast::channel(LIVE_BACKLOG);
-        Self { inner: Mutex::new(LiveInner { backlog: VecDeque::new(), tx, ended: false }) }
+        Self { inner: Mutex::new(LiveInner { backlog: VecDeque::new(), tx, last_id: 0, ended: false }) }
     }
 
     fn push(&self, event: CallEvent) {
-        let event = Arc::new(event);
         let mut inner = lock(&self.inner);
-        inner.ended |= event.is_end();
-        if !event.is_momentary() {
+        inner.last_id += 1;
+        let event = Arc::new(FeedEvent { id: inner.last_id, event });
+        inner.ended |= event.event.is_end();
+        if !event.event.is_momentary() {
             if inner.backlog.len() == LIVE_BACKLOG {
                 inner.backlog.pop_front();
             }
@@ -112,10 +122,12 @@ impl LiveFeed {
         let _ = inner.tx.send(event);
     }
 
-    /// What happened so far, and a receiver for what follows (no gap, no duplicate).
-    pub fn subscribe(&self) -> (Vec<Arc<CallEvent>>, broadcast::Receiver<Arc<CallEvent>>) {
+    /// What happened so far after event `after` (all of it for `None`), and a receiver for what
+    /// follows (no gap, no duplicate).
+    pub fn subscribe(&self, after: Option<u64>) -> (Vec<Arc<FeedEvent>>, broadcast::Receiver<Arc<FeedEvent>>) {
         let inner = lock(&self.inner);
-        (inner.backlog.iter().cloned().collect(), inner.tx.subscribe())
+        let after = after.unwrap_or(0);
+        (inner.backlog.iter().filter(|e| e.id > after).cloned().collect(), inner.tx.subscribe())
     }
 
     /// True once the call's end was pushed.
@@ -257,9 +269,9 @@ mod tests {
         b.emit(persona("b"));
         let seen: Vec<_> = sink.0.lock().unwrap().iter().map(|(s, _)| s.clone()).collect();
         assert_eq!(seen, ["CA1", "CA2"]);
-        let (backlog, _) = feed.subscribe();
+        let (backlog, _) = feed.subscribe(None);
         assert_eq!(backlog.len(), 1);
-        assert_eq!(*backlog[0], persona("b"));
+        assert_eq!(backlog[0].event, persona("b"));
         assert!(hub.feed("CA1").is_none());
     }
 
@@ -270,12 +282,20 @@ mod tests {
         let call = hub.open("CA1");
         call.emit(persona("a"));
         call.emit(CallEvent::Vad { speaking: true, at_ms: 20 });
-        let (backlog, mut rx) = feed.subscribe();
+        let (backlog, mut rx) = feed.subscribe(None);
         assert_eq!(backlog.len(), 1, "VAD flips are live-only: {backlog:?}");
+        assert_eq!(backlog[0].id, 1);
+        // A viewer that saw event 1 already gets nothing from the backlog.
+        assert!(feed.subscribe(Some(1)).0.is_empty());
         call.emit(CallEvent::Vad { speaking: false, at_ms: 40 });
         call.emit(ended());
-        assert_eq!(*rx.recv().await.unwrap(), CallEvent::Vad { speaking: false, at_ms: 40 });
-        assert!(rx.recv().await.unwrap().is_end());
+        let next = rx.recv().await.unwrap();
+        assert_eq!(
+            (next.id, &next.event),
+            (3, &CallEvent::Vad { speaking: false, at_ms: 40 }),
+            "ids count every event"
+        );
+        assert!(rx.recv().await.unwrap().event.is_end());
         assert!(feed.ended());
         assert!(hub.feed("CA1").is_none(), "the hub forgets a call once it ended");
     }
@@ -289,9 +309,12 @@ mod tests {
             call.emit(persona(&i.to_string()));
             call.emit(CallEvent::Interim { text: "crowding".into() });
         }
-        let (backlog, _) = feed.subscribe();
+        let (backlog, _) = feed.subscribe(None);
         assert_eq!(backlog.len(), LIVE_BACKLOG);
-        assert_eq!(*backlog[0], persona("10"));
+        assert_eq!(backlog[0].event, persona("10"));
+        let seen = backlog[backlog.len() - 4].id;
+        let rest: Vec<u64> = feed.subscribe(Some(seen)).0.iter().map(|e| e.id).collect();
+        assert_eq!(rest, backlog[backlog.len() - 3..].iter().map(|e| e.id).collect::<Vec<_>>(), "after {seen}");
     }
 
     #[test]

@@ -322,6 +322,43 @@ async fn sse_events(resp: reqwest::Response) -> Vec<Value> {
     body.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect()
 }
 
+/// The SSE messages as (id, JSON), read until the server ends the stream.
+async fn sse_messages(resp: reqwest::Response) -> Vec<(u64, Value)> {
+    let body = tokio::time::timeout(T, resp.text()).await.expect("the feed ends after the call").unwrap();
+    body.split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name));
+            Some((field("id: ")?.parse().unwrap(), serde_json::from_str(field("data: ")?).unwrap()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_reconnecting_viewer_gets_only_the_events_after_its_last_id() {
+    let (server, _rest, mut calls) = probe_server(&[]).await;
+    let c = client();
+    let setup = set_up_call(&server, "built-in").await;
+    let url = format!("{}{}", server.base, setup["events_url"].as_str().unwrap());
+    let first = c.get(&url).send().await.unwrap();
+    let start = start_of(&setup);
+    let mut ws = open_stream(&server, &start).await;
+    let call = tokio::time::timeout(T, calls.recv()).await.unwrap().unwrap();
+    // The browser lost its connection after event 1 (`started`) and comes back.
+    let again = c.get(&url).header("Last-Event-ID", "1").send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    // Garbage counts as no id: everything again.
+    let garbage = c.get(&url).header("Last-Event-ID", "yesterday").send().await.unwrap();
+    call.outputs.send(CallOutput::HangUp { reason: "goodbye".into() }).await.unwrap();
+    assert_eq!(close_of(&mut ws).await.0, 1000);
+    let kinds = |m: &[(u64, Value)]| -> Vec<(u64, String)> {
+        m.iter().map(|(id, v)| (*id, v["type"].as_str().unwrap().to_string())).collect()
+    };
+    let all = [(1, "started".to_string()), (2, "ended".to_string())];
+    assert_eq!(kinds(&sse_messages(first).await), all);
+    assert_eq!(kinds(&sse_messages(again).await), all[1..], "nothing it had seen");
+    assert_eq!(kinds(&sse_messages(garbage).await), all);
+}
+
 #[tokio::test]
 async fn playground_access_is_local_only_unless_a_key_is_given() {
     let (server, _rest, _calls) = probe_server(&[]).await;
