@@ -405,12 +405,8 @@ async fn run_short_calls(rig: &Rig, n: usize, at_once: usize) {
     wait_for("every call to end", Duration::from_secs(10), || rig.server.state.drain.active() == 0).await;
 }
 
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    assert!(crate::support::eventually(limit, done).await, "timed out waiting for {what}");
 }
 
 /// A call's end releases everything it held. After 100 calls (hung up mid-answer, with STT, LLM,

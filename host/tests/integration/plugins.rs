@@ -23,6 +23,7 @@ use crate::fakes::deepgram_stt::FakeDeepgramStt;
 use crate::fakes::deepgram_tts::FakeDeepgramTts;
 use crate::fakes::groq::{FakeGroq, Reply};
 use crate::harness::{TestServer, ACCOUNT_SID, AUTH_TOKEN};
+use crate::support::eventually;
 use crate::support::twilio_rest::FakeTwilio;
 
 // ----- plugins and persona directories -------------------------------------------------------
@@ -693,18 +694,6 @@ async fn wait_for_greeting(host: &PluginHost, to: &str, want: &Greeting, limit: 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     None
-}
-
-/// Polls `cond` every 10 ms for up to `limit`.
-async fn eventually(limit: Duration, cond: impl Fn() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond()
 }
 
 fn write_atomically(dir: &Path, file: &str, bytes: &[u8]) {
