@@ -16,7 +16,8 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use switchboard::audio::features::{self, WhisperFeatures, N_FEATURES};
 use switchboard::audio::models::ModelPaths;
-use switchboard::audio::turn::{ResamplerKind, SegmentResampler, SmartTurnModel, TurnAnalyzer, TurnParams};
+use switchboard::audio::resample::{ResamplerKind, SegmentResampler};
+use switchboard::audio::turn::{SmartTurnModel, TurnParams, TurnSegmenter};
 use switchboard::audio::vad::{SileroModel, SileroVad, VadEngine, VadEngineConfig, VadParams, VadRate};
 
 /// Counts allocations per thread, so engine threads don't count against the call's thread.
@@ -75,7 +76,7 @@ fn check_no_allocation_per_frame(paths: &ModelPaths, audio: &[i16]) {
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let params = VadParams::default();
     let mut stream = engine.stream(VadRate::Hz8000, params);
-    let mut turn = TurnAnalyzer::new(8000, TurnParams::default(), params.start_secs);
+    let mut turn = TurnSegmenter::new(8000, TurnParams::default(), params.start_secs);
     let frames: Vec<&[i16]> = audio.chunks_exact(160).collect();
     let (warm, measured) = frames.split_at(50);
     let mut run = |frames: &[&[i16]]| {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use switchboard::call::conversation::writer::{TranscriptLine, TurnLatency};
 use switchboard::call::events::CallEvent;
+use switchboard::call::transcript::{Role, TranscriptLine, TurnLatency};
 use switchboard::history::{History, HistoryOptions};
 use switchboard::metrics::Metrics;
 
@@ -42,7 +42,7 @@ fn call_events(lines: usize) -> Vec<CallEvent> {
     for i in 0..lines {
         let bot = i % 2 == 0;
         events.push(CallEvent::Line(TranscriptLine {
-            role: if bot { "assistant" } else { "user" },
+            role: if bot { Role::Assistant } else { Role::User },
             text: "Thanks for calling, how can I help you with your appointment today?".into(),
             start_ms: i as u64 * 3_000,
             end_ms: i as u64 * 3_000 + 2_500,

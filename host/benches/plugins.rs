@@ -11,9 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use switchboard::call::persona::Persona;
 use switchboard::call::{CallInfo, Direction};
 use switchboard::metrics::Metrics;
+use switchboard::persona::Persona;
 use switchboard::persona::{PluginHost, PluginHostConfig, PluginInstance, Routes, Runtime, RuntimeConfig};
 
 fn built(name: &str) -> PathBuf {

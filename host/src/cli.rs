@@ -7,11 +7,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::audio::models::ModelPaths;
-use crate::call::conversation;
-use crate::call::diagnostic::EchoDiagnostic;
-use crate::call::persona::{BuiltinProvider, PersonaProvider};
 use crate::call::SessionFactory;
+use crate::compose;
 use crate::config::{Config, Overrides};
+use crate::engine::echo::EchoDiagnostic;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 
@@ -175,8 +174,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(Diagnostic::Echo) => Arc::new(EchoDiagnostic),
         None => {
             let models = ModelPaths::from_env();
-            let personas = personas(&config, metrics.clone()).await?;
-            Arc::new(conversation::build(&config, &models, personas, metrics.clone())?)
+            let personas = compose::personas(&config, metrics.clone()).await?;
+            Arc::new(compose::conversation(&config, &models, personas, metrics.clone())?)
         }
     };
     let addr = format!("{}:{}", config.host, config.port);
@@ -215,20 +214,6 @@ async fn plugin(cmd: PluginCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Persona plugins from `PERSONAS_DIR` when that directory exists, else the built-in persona.
-async fn personas(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn PersonaProvider>> {
-    if !config.personas_dir.is_dir() {
-        tracing::info!(dir = %config.personas_dir.display(), "no personas directory: every call gets the built-in persona");
-        return Ok(Arc::new(BuiltinProvider));
-    }
-    let cfg = crate::persona::PluginHostConfig::new(config.personas_dir.clone());
-    let host = tokio::task::spawn_blocking(move || crate::persona::PluginHost::start(cfg, metrics))
-        .await
-        .context("starting the plugin host")?
-        .context("starting the plugin host")?;
-    Ok(host)
 }
 
 fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {

@@ -6,9 +6,12 @@
 pub mod audio;
 pub mod call;
 pub mod cli;
+pub mod compose;
 pub mod config;
+pub mod engine;
 pub mod history;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod persona;
 pub mod services;

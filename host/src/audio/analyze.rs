@@ -2,8 +2,9 @@
 //!
 //! Reads a mono WAV (any rate; 8–32-bit int or 32-bit float), denoises it (RNNoise, on by
 //! default), runs Silero at the file's rate when it is 8 or 16 kHz (otherwise resamples to
-//! 16 kHz first), and Smart Turn at every speech stop (always on 16 kHz audio). Frames are
-//! 20 ms, handled in the reference's order: turn analyzer, then VAD, then the verdict.
+//! 16 kHz first), and Smart Turn at every speech stop (always on 16 kHz audio), through the
+//! call path's own [`InboundPipeline`]: 20 ms frames in the reference's order (turn segmenter,
+//! then VAD, then the verdict).
 //!
 //! JSON lines (`--json`), `t` in seconds of the file:
 //! * every VAD window: `{"t", "vad"}` (t = end of the 32 ms window)
@@ -20,9 +21,10 @@ use serde_json::json;
 
 use super::denoise::{DenoiseError, Denoiser};
 use super::models::ModelPaths;
+use super::pipeline::{InboundPipeline, PipelineError, PipelineEvent, PipelineParams};
 use super::resample::{resample_all, ResampleError};
-use super::turn::{SmartTurnModel, TurnAnalyzer, TurnError, TurnParams, TurnVerdict, COMPLETE_THRESHOLD};
-use super::vad::{SileroVad, VadError, VadEvent, VadParams, VadRate, VadState, VadWindow};
+use super::turn::{SmartTurnConfig, SmartTurnEngine, SmartTurnModel, TurnError, TurnParams};
+use super::vad::{VadEngine, VadEngineConfig, VadError, VadEvent, VadParams, VadRate, VadWindow};
 
 /// Options of `switchboard analyze`.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,10 +67,14 @@ pub enum AnalyzeError {
     Vad(#[from] VadError),
     #[error(transparent)]
     Turn(#[from] TurnError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
     #[error("denoising: {0}")]
     Denoise(#[from] DenoiseError),
     #[error("resampling to 16 kHz: {0}")]
     Resample(#[from] ResampleError),
+    #[error("starting the analysis runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -104,7 +110,9 @@ pub fn run(path: &Path, opts: &AnalyzeOptions, out: &mut impl Write) -> Result<A
     Ok(summary)
 }
 
-/// Runs VAD and Smart Turn over 8 or 16 kHz PCM (already denoised or not).
+/// Runs VAD and Smart Turn over 8 or 16 kHz PCM (already denoised or not) through the call
+/// path's [`InboundPipeline`] (denoise off: `run` denoised the whole file with its latency
+/// removed, so times stay those of the file), on engines of its own.
 pub fn analyze_pcm(
     rate: u32,
     pcm: &[i16],
@@ -112,9 +120,12 @@ pub fn analyze_pcm(
     out: &mut impl Write,
 ) -> Result<AnalyzeSummary, AnalyzeError> {
     let vad_rate = VadRate::from_hz(rate).ok_or(TurnError::Rate(rate))?;
-    let mut vad = SileroVad::open(&opts.models, vad_rate, opts.vad)?;
-    let mut model = SmartTurnModel::open(&opts.models, 1)?;
-    let mut turn = TurnAnalyzer::new(rate, opts.turn, opts.vad.start_secs);
+    let vad = VadEngine::start(&opts.models, VadEngineConfig::default())?;
+    let smart_turn = SmartTurnEngine::start(&opts.models, SmartTurnConfig::default())?;
+    let params = PipelineParams { vad: opts.vad, turn: opts.turn, denoise: false };
+    let mut pipeline = InboundPipeline::new(vad.stream(vad_rate, opts.vad), smart_turn.handle(), params);
+    let mut probe = SmartTurnModel::open(&opts.models, 1)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(AnalyzeError::Runtime)?;
     let mut summary = AnalyzeSummary { rate, seconds: pcm.len() as f64 / f64::from(rate), ..AnalyzeSummary::default() };
     let mut emit = |line: serde_json::Value| -> std::io::Result<()> {
         if opts.json {
@@ -122,50 +133,48 @@ pub fn analyze_pcm(
         }
         Ok(())
     };
-    let mut position = 0usize;
-    let mut quiet_windows = 0u32;
-    for frame in pcm.chunks(rate as usize / 50) {
-        position += frame.len();
-        if turn.append(frame) {
-            let t = position as f64 / f64::from(rate);
-            summary.fallbacks.push(t);
-            emit(json!({"t": t, "event": "turn_fallback"}))?;
-        }
-        let Some(window) = vad.push_frame(frame)? else {
-            continue;
-        };
-        record_window(&window, &mut summary);
-        emit(json!({"t": window.t, "vad": f64::from(window.probability)}))?;
-        quiet_windows = if window.state == VadState::Stopping { quiet_windows + 1 } else { 0 };
-        if opts.probe_pauses.contains(&quiet_windows) {
-            if let Some(segment) = turn.segment_so_far() {
-                let probability = model.predict(&segment.audio, segment.rate)?;
-                summary.probes.push((window.t, quiet_windows, probability));
-                emit(
-                    json!({"t": window.t, "pause_windows": quiet_windows, "probe_probability": f64::from(probability)}),
-                )?;
+    runtime.block_on(async {
+        for frame in pcm.chunks(pipeline.frame_len()) {
+            pipeline.push(frame, |_| {}).await?;
+            let events: Vec<PipelineEvent> = pipeline.drain_events().collect();
+            for event in events {
+                match event {
+                    PipelineEvent::Fallback { t } => {
+                        summary.fallbacks.push(t);
+                        emit(json!({"t": t, "event": "turn_fallback"}))?;
+                    }
+                    PipelineEvent::Window(window) => {
+                        record_window(&window, &mut summary);
+                        emit(json!({"t": window.t, "vad": f64::from(window.probability)}))?;
+                    }
+                    PipelineEvent::QuietWindow { t, n } if opts.probe_pauses.contains(&n) => {
+                        if let Some(segment) = pipeline.segment_so_far() {
+                            let probability = probe.predict(&segment.audio, segment.rate)?;
+                            summary.probes.push((t, n, probability));
+                            emit(json!({"t": t, "pause_windows": n, "probe_probability": f64::from(probability)}))?;
+                        }
+                    }
+                    PipelineEvent::SpeechStarted { t } => emit(json!({"t": t, "event": "speech_start"}))?,
+                    PipelineEvent::SpeechStopped { t, scoring, .. } => {
+                        emit(json!({"t": t, "event": "speech_stop"}))?;
+                        if scoring {
+                            let verdict = pipeline.verdict().await?;
+                            summary.turns.push((t, verdict.probability, verdict.complete));
+                            emit(json!({
+                                "t": t,
+                                "turn_probability": f64::from(verdict.probability),
+                                "turn_complete": verdict.complete,
+                            }))?;
+                        }
+                    }
+                    PipelineEvent::QuietWindow { .. }
+                    | PipelineEvent::PauseStarted { .. }
+                    | PipelineEvent::PauseEnded { .. } => {}
+                }
             }
         }
-        let Some(event) = window.event else {
-            continue;
-        };
-        let name = match event {
-            VadEvent::SpeechStart => "speech_start",
-            VadEvent::SpeechStop => "speech_stop",
-        };
-        emit(json!({"t": window.t, "event": name}))?;
-        if let Some(segment) = turn.on_vad_event(event) {
-            let probability = model.predict(&segment.audio, segment.rate)?;
-            let verdict = TurnVerdict { probability, complete: probability > COMPLETE_THRESHOLD, upto: segment.upto };
-            turn.apply_verdict(&verdict);
-            summary.turns.push((window.t, probability, verdict.complete));
-            emit(json!({
-                "t": window.t,
-                "turn_probability": f64::from(probability),
-                "turn_complete": verdict.complete,
-            }))?;
-        }
-    }
+        Ok::<(), AnalyzeError>(())
+    })?;
     Ok(summary)
 }
 

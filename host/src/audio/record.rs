@@ -422,10 +422,7 @@ type WavSink<'a> = dyn FnMut(&[i16]) -> Result<(), hound::Error> + 'a;
 
 /// `{call_sid}_{YYYYMMDDTHHMMSSZ}.wav` for a call that started at `started` (UTC).
 pub fn file_name(call_sid: &str, started: SystemTime) -> Result<String, RecordError> {
-    let sid_ok = !call_sid.is_empty()
-        && call_sid.len() <= 64
-        && call_sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !sid_ok {
+    if !crate::call::ids::is_call_sid(call_sid) {
         return Err(RecordError::BadCallSid(call_sid.to_string()));
     }
     let secs = started.duration_since(UNIX_EPOCH).map_err(|_| RecordError::BadTime)?.as_secs();

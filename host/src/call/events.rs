@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use super::conversation::writer::TranscriptLine;
+use super::transcript::TranscriptLine;
 use super::CallInfo;
 
 /// Events a late subscriber to a live feed is replayed.

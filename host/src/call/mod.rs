@@ -5,12 +5,10 @@
 //! stream as [`CallInput`]. A session answers with [`CallOutput`]: bot audio (μ-law 8 kHz, paced
 //! by the transport), marks, `clear`, and call control. Sessions never see sockets or JSON.
 
-pub mod conversation;
-pub mod diagnostic;
+pub mod control;
 pub mod events;
-pub mod persona;
-pub mod sentences;
-pub mod turns;
+pub mod ids;
+pub mod transcript;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use reader::{
-    CallDetail, CallPage, CallSummary, Cursor, HistoryReader, Line, LineLatency, ListQuery, PersonaRef, MAX_PAGE,
+    CallDetail, CallPage, CallRow, Cursor, HistoryReader, Line, LineLatency, ListQuery, PersonaRef, MAX_PAGE,
 };
 pub use schema::{INTERRUPTED, SCHEMA_VERSION};
 pub use sink::HistorySink;
@@ -195,17 +195,13 @@ pub fn open_for_server(config: &Config, metrics: Arc<Metrics>) -> Option<History
     }
 }
 
-/// Call sids as this server hands them out: Twilio's `CA…` or the playground's, letters, digits,
-/// `-` and `_`, at most 64.
-pub fn valid_sid(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+pub use crate::call::ids::is_call_sid;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::conversation::writer::{TranscriptLine, TurnLatency};
     use crate::call::events::{CallEvent, CallEvents};
+    use crate::call::transcript::{TranscriptLine, TurnLatency};
 
     fn started(at: u64, direction: &str) -> CallEvent {
         CallEvent::Started {
@@ -243,7 +239,7 @@ mod tests {
         call.emit(CallEvent::Vad { speaking: true, at_ms: 5 });
         call.emit(CallEvent::Interim { text: "hel".into() });
         call.emit(CallEvent::Line(TranscriptLine {
-            role: "assistant",
+            role: crate::call::transcript::Role::Assistant,
             text: "Hello".into(),
             start_ms: 0,
             end_ms: 900,
@@ -479,10 +475,10 @@ mod tests {
 
     #[test]
     fn sids_are_checked() {
-        assert!(valid_sid("CA0123456789abcdef0123456789abcdef"));
-        assert!(valid_sid("pg-1_a"));
+        assert!(is_call_sid("CA0123456789abcdef0123456789abcdef"));
+        assert!(is_call_sid("pg-1_a"));
         for bad in ["", "../x", "a/b", "a b", &"x".repeat(65)] {
-            assert!(!valid_sid(bad), "{bad:?}");
+            assert!(!is_call_sid(bad), "{bad:?}");
         }
     }
 }

@@ -48,7 +48,7 @@ impl std::str::FromStr for Cursor {
             .ok()
             .filter(|v| *v >= 0)
             .ok_or_else(|| format!("before must be a cursor like 1700000000000 or 1700000000000:CA…, got {s:?}"))?;
-        if sid.as_deref().is_some_and(|s| !super::valid_sid(s)) {
+        if sid.as_deref().is_some_and(|s| !super::is_call_sid(s)) {
             return Err(format!("before has an invalid call sid: {s:?}"));
         }
         Ok(Cursor { started_at_ms, call_sid: sid })
@@ -74,7 +74,7 @@ pub struct PersonaRef {
 
 /// One row of the call list.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct CallSummary {
+pub struct CallRow {
     pub call_sid: String,
     pub direction: String,
     pub from: String,
@@ -95,7 +95,7 @@ pub struct CallSummary {
 /// One page of the call list.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CallPage {
-    pub calls: Vec<CallSummary>,
+    pub calls: Vec<CallRow>,
     /// Pass as `before` for the next page; `None` on the last page.
     pub next_before: Option<String>,
 }
@@ -126,7 +126,7 @@ pub struct Line {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CallDetail {
     #[serde(flatten)]
-    pub call: CallSummary,
+    pub call: CallRow,
     pub recording_path: Option<String>,
     pub transcript_path: Option<String>,
     pub lines: Vec<Line>,
@@ -143,9 +143,9 @@ const SUMMARY_COLUMNS: &str = "call_sid, direction, from_number, to_number, requ
     persona_version, started_at_ms, ended_at_ms, duration_ms, outcome, outcome_detail, turn_count,
     recording_path IS NOT NULL";
 
-fn summary(r: &Row<'_>) -> rusqlite::Result<CallSummary> {
+fn summary(r: &Row<'_>) -> rusqlite::Result<CallRow> {
     let persona_name: Option<String> = r.get(5)?;
-    Ok(CallSummary {
+    Ok(CallRow {
         call_sid: r.get(0)?,
         direction: r.get(1)?,
         from: r.get(2)?,

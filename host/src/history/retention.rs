@@ -132,8 +132,8 @@ mod tests {
         let recent = files(dir.path(), "CArecent");
         let live = files(dir.path(), "CAlive");
         call(&conn, "CAold", 1_000, Some(5_000), (&old.0, &old.1));
-        let line = crate::call::conversation::writer::TranscriptLine {
-            role: "user",
+        let line = crate::call::transcript::TranscriptLine {
+            role: crate::call::transcript::Role::User,
             text: "hello".into(),
             start_ms: 1,
             end_ms: 2,

@@ -2,13 +2,13 @@
 //! thread through a bounded channel and never waits. A full or closed channel drops the event and
 //! counts it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::Duration;
 
 use super::writer::Msg;
-use crate::call::events::{unix_ms, CallEvent, CallEventSink};
+use crate::call::events::{CallEvent, CallEventSink};
+use crate::logs::LogThrottle;
 use crate::metrics::Metrics;
 
 /// At most one warning about dropped events per this many milliseconds.
@@ -17,24 +17,18 @@ const WARN_EVERY_MS: u64 = 10_000;
 pub struct HistorySink {
     tx: SyncSender<Msg>,
     metrics: Arc<Metrics>,
-    /// Unix ms of the last warning (0 = never); a compare-exchange keeps it to one per interval
-    /// without a lock.
-    last_warn_ms: AtomicU64,
+    throttle: LogThrottle,
 }
 
 impl HistorySink {
     pub(super) fn new(tx: SyncSender<Msg>, metrics: Arc<Metrics>) -> Self {
-        Self { tx, metrics, last_warn_ms: AtomicU64::new(0) }
+        Self { tx, metrics, throttle: LogThrottle::new(Duration::from_millis(WARN_EVERY_MS)) }
     }
 
     fn dropped(&self, call_sid: &str, why: &'static str) {
         self.metrics.history_dropped_events.inc();
-        let now = unix_ms(SystemTime::now());
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= WARN_EVERY_MS
-            && self.last_warn_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            tracing::warn!(call_sid, why, "call history event dropped; the call is unaffected");
+        if let Some(suppressed) = self.throttle.allow(why) {
+            tracing::warn!(call_sid, why, suppressed, "call history event dropped; the call is unaffected");
         }
     }
 }

@@ -2,15 +2,15 @@
 //! batches (one transaction each), and survives a locked, full or vanished database by retrying
 //! for a while, then dropping the batch and counting it. Nothing here runs on a call's task.
 
-use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 
-use crate::call::conversation::writer::TranscriptLine;
 use crate::call::events::{unix_ms, CallEvent};
+use crate::call::transcript::{Role, TranscriptLine};
+use crate::logs::LogThrottle;
 use crate::metrics::Metrics;
 
 /// What the sink and the owner send the writer.
@@ -60,39 +60,6 @@ fn transient(kind: &str) -> bool {
     matches!(kind, "busy" | "full" | "io")
 }
 
-/// At most one log line per kind of trouble per interval, with a count of what was held back.
-pub struct LogThrottle {
-    every: Duration,
-    last: HashMap<&'static str, (Instant, u64)>,
-}
-
-impl LogThrottle {
-    pub fn new(every: Duration) -> Self {
-        Self { every, last: HashMap::new() }
-    }
-
-    /// `Some(suppressed since the last line)` when a line may be logged now.
-    pub fn allow(&mut self, kind: &'static str) -> Option<u64> {
-        let now = Instant::now();
-        match self.last.get_mut(kind) {
-            Some((at, held)) if now.duration_since(*at) < self.every => {
-                *held += 1;
-                None
-            }
-            Some((at, held)) => {
-                let n = *held;
-                *at = now;
-                *held = 0;
-                Some(n)
-            }
-            None => {
-                self.last.insert(kind, (now, 0));
-                Some(0)
-            }
-        }
-    }
-}
-
 /// Runs the writer until `Shutdown` or until every sender is gone.
 pub fn run(mut conn: Connection, rx: Receiver<Msg>, tuning: WriterTuning, metrics: Arc<Metrics>) {
     let mut pending: Vec<(Box<str>, CallEvent)> = Vec::new();
@@ -100,14 +67,14 @@ pub fn run(mut conn: Connection, rx: Receiver<Msg>, tuning: WriterTuning, metric
     let mut closing = false;
     let mut failing_since: Option<Instant> = None;
     let mut attempt = 0u32;
-    let mut throttle = LogThrottle::new(Duration::from_secs(10));
+    let throttle = LogThrottle::new(Duration::from_secs(10));
     let mut next_prune = tuning.retention.as_ref().map(|_| Instant::now());
     loop {
         if let (Some(plan), Some(at)) = (&tuning.retention, next_prune) {
             if pending.is_empty() && !closing && Instant::now() >= at {
                 // One batch, then back to the channel: a big backlog of old calls is worked
                 // off between writes instead of holding them (and flushes, and shutdown) up.
-                let more = prune_old_calls(&mut conn, plan, &metrics, &mut throttle);
+                let more = prune_old_calls(&mut conn, plan, &metrics, &throttle);
                 next_prune = Some(if more { Instant::now() } else { Instant::now() + plan.every });
             }
         }
@@ -130,7 +97,7 @@ pub fn run(mut conn: Connection, rx: Receiver<Msg>, tuning: WriterTuning, metric
             }
         }
         if !pending.is_empty() {
-            match write_batch(&mut conn, &pending, &metrics, &mut throttle) {
+            match write_batch(&mut conn, &pending, &metrics, &throttle) {
                 Ok(()) => {
                     metrics.history_events_written.inc_by(pending.len() as u64);
                     pending.clear();
@@ -183,7 +150,7 @@ pub fn run(mut conn: Connection, rx: Receiver<Msg>, tuning: WriterTuning, metric
 
 /// One retention batch; failures are logged and counted, and the next pass tries again. True
 /// when more old calls may be waiting.
-fn prune_old_calls(conn: &mut Connection, plan: &RetentionPlan, metrics: &Metrics, throttle: &mut LogThrottle) -> bool {
+fn prune_old_calls(conn: &mut Connection, plan: &RetentionPlan, metrics: &Metrics, throttle: &LogThrottle) -> bool {
     let keep_ms = plan.keep.as_millis().min(u128::from(u64::MAX)) as u64;
     let cutoff = unix_ms(SystemTime::now()).saturating_sub(keep_ms);
     match super::retention::prune_batch(conn, ms(cutoff), &plan.recordings_dir) {
@@ -223,7 +190,7 @@ pub fn write_batch(
     conn: &mut Connection,
     events: &[(Box<str>, CallEvent)],
     metrics: &Metrics,
-    throttle: &mut LogThrottle,
+    throttle: &LogThrottle,
 ) -> Result<(), rusqlite::Error> {
     // Fast path: the whole batch in one go, no per-event savepoints.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -316,7 +283,7 @@ fn insert_line(conn: &Connection, sid: &str, line: &TranscriptLine) -> Result<()
     )?
     .execute(params![
         sid,
-        line.role,
+        line.role.as_str(),
         line.text,
         ms(line.start_ms),
         ms(line.end_ms),
@@ -328,7 +295,7 @@ fn insert_line(conn: &Connection, sid: &str, line: &TranscriptLine) -> Result<()
         lat.tts_first_byte_ms,
         lat.voice_to_voice_ms,
     ])?;
-    if line.role == "user" {
+    if line.role == Role::User {
         conn.prepare_cached("UPDATE calls SET turn_count = turn_count + 1 WHERE call_sid = ?1")?.execute([sid])?;
     }
     Ok(())
@@ -342,7 +309,7 @@ fn ms(v: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::conversation::writer::TurnLatency;
+    use crate::call::transcript::TurnLatency;
     use crate::history::schema;
 
     fn conn() -> (tempfile::TempDir, Connection) {
@@ -362,7 +329,7 @@ mod tests {
         (sid.into(), e)
     }
 
-    fn line(role: &'static str, text: &str, latency: Option<TurnLatency>) -> CallEvent {
+    fn line(role: Role, text: &str, latency: Option<TurnLatency>) -> CallEvent {
         CallEvent::Line(TranscriptLine {
             role,
             text: text.into(),
@@ -374,7 +341,7 @@ mod tests {
     }
 
     fn batch(c: &mut Connection, events: &[(Box<str>, CallEvent)]) -> Result<(), rusqlite::Error> {
-        write_batch(c, events, &Metrics::new(), &mut LogThrottle::new(Duration::from_secs(10)))
+        write_batch(c, events, &Metrics::new(), &LogThrottle::new(Duration::from_secs(10)))
     }
 
     #[test]
@@ -384,9 +351,9 @@ mod tests {
         let events = vec![
             started("CA1"),
             ("CA1".into(), CallEvent::Persona { name: "front".into(), version: Some("abc123".into()) }),
-            ("CA1".into(), line("assistant", "Hello", Some(lat))),
-            ("CA1".into(), line("user", "Hi", None)),
-            ("CA1".into(), line("assistant", "Bye", Some(TurnLatency::default()))),
+            ("CA1".into(), line(Role::Assistant, "Hello", Some(lat))),
+            ("CA1".into(), line(Role::User, "Hi", None)),
+            ("CA1".into(), line(Role::Assistant, "Bye", Some(TurnLatency::default()))),
             ("CA1".into(), CallEvent::Ended { outcome: "caller_hung_up".into(), detail: None, ended_at_ms: 4_500 }),
         ];
         batch(&mut c, &events).unwrap();
@@ -421,7 +388,7 @@ mod tests {
     #[test]
     fn events_without_a_start_get_a_placeholder_row_and_a_repeated_start_replaces_the_call() {
         let (_d, mut c) = conn();
-        batch(&mut c, &[("CA2".into(), line("user", "orphan", None))]).unwrap();
+        batch(&mut c, &[("CA2".into(), line(Role::User, "orphan", None))]).unwrap();
         let n: i64 = c.query_row("SELECT count(*) FROM lines WHERE call_sid='CA2'", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 1);
         batch(&mut c, &[started("CA2")]).unwrap();
@@ -442,7 +409,7 @@ mod tests {
         let pages: i64 = c.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
         c.pragma_update(None, "max_page_count", pages).unwrap();
         let big = "x".repeat(64 * 1024);
-        let err = batch(&mut c, &[("CA3".into(), line("user", &big, None))]).unwrap_err();
+        let err = batch(&mut c, &[("CA3".into(), line(Role::User, &big, None))]).unwrap_err();
         assert_eq!(error_kind(&err), "full", "{err}");
         let n: i64 = c.query_row("SELECT count(*) FROM lines", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 0, "nothing half-written");
@@ -459,11 +426,11 @@ mod tests {
         let metrics = Metrics::new();
         let events = vec![
             started("CA5"),
-            ("CA5".into(), line("user", "poison", None)),
-            ("CA5".into(), line("user", "fine", None)),
+            ("CA5".into(), line(Role::User, "poison", None)),
+            ("CA5".into(), line(Role::User, "fine", None)),
             ("CA5".into(), CallEvent::Ended { outcome: "failed".into(), detail: None, ended_at_ms: 2_000 }),
         ];
-        write_batch(&mut c, &events, &metrics, &mut LogThrottle::new(Duration::from_secs(10))).unwrap();
+        write_batch(&mut c, &events, &metrics, &LogThrottle::new(Duration::from_secs(10))).unwrap();
         let texts: Vec<String> = c
             .prepare("SELECT text FROM lines")
             .unwrap()
@@ -488,16 +455,5 @@ mod tests {
         assert_eq!(error_kind(&err), "busy", "{err}");
         other.execute_batch("COMMIT").unwrap();
         batch(&mut c, &[started("CA4")]).unwrap();
-    }
-
-    #[test]
-    fn the_throttle_lets_one_line_through_per_interval_and_counts_the_rest() {
-        let mut t = LogThrottle::new(Duration::from_millis(50));
-        assert_eq!(t.allow("busy"), Some(0));
-        assert_eq!(t.allow("busy"), None);
-        assert_eq!(t.allow("busy"), None);
-        assert_eq!(t.allow("full"), Some(0), "kinds are throttled separately");
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(t.allow("busy"), Some(2));
     }
 }

@@ -30,15 +30,8 @@ pub struct DialoutRequest {
     pub parameters: BTreeMap<String, String>,
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
-/// `+` then 2–15 digits, the first not 0 (ITU-T E.164).
-pub fn is_e164(n: &str) -> bool {
-    let Some(digits) = n.strip_prefix('+') else { return false };
-    (2..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
-}
+use crate::call::ids::is_e164;
+use crate::http::error::error;
 
 /// Compares keys without leaking their contents through timing.
 pub(super) fn same_key(given: &str, expected: &str) -> bool {

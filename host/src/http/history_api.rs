@@ -14,11 +14,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 
 use super::dialout::same_key;
 use super::AppState;
-use crate::history::{valid_sid, HistoryError, HistoryReader, ListQuery, MAX_PAGE};
+use crate::history::{is_call_sid, HistoryError, HistoryReader, ListQuery, MAX_PAGE};
+use crate::http::error::{error, HttpError};
 
 pub(super) fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -26,19 +26,6 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/api/calls/{sid}", get(detail))
         .route("/api/calls/{sid}/recording", get(recording))
         .route_layer(middleware::from_fn_with_state(state, guard))
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
-/// A refusal on its way to becoming a JSON error response.
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        error(self.0, self.1)
-    }
 }
 
 /// Why a request may not use the API.
@@ -91,17 +78,17 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
 async fn read<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&HistoryReader) -> Result<T, HistoryError> + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, HttpError> {
     let Some(reader) = state.history.clone() else {
-        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "call history is off on this server".into()));
+        return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "call history is off on this server"));
     };
     match tokio::task::spawn_blocking(move || f(&reader)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "call history read failed");
-            Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("call history unavailable: {e}")))
+            Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, format!("call history unavailable: {e}")))
         }
-        Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("call history read failed: {e}"))),
+        Err(e) => Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("call history read failed: {e}"))),
     }
 }
 
@@ -143,11 +130,11 @@ async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Respons
     }
 }
 
-fn check_sid(sid: &str) -> Result<(), ApiError> {
-    if valid_sid(sid) {
+fn check_sid(sid: &str) -> Result<(), HttpError> {
+    if is_call_sid(sid) {
         Ok(())
     } else {
-        Err(ApiError(StatusCode::BAD_REQUEST, "not a call sid: letters, digits, - and _ only, at most 64".into()))
+        Err(HttpError::new(StatusCode::BAD_REQUEST, "not a call sid: letters, digits, - and _ only, at most 64"))
     }
 }
 

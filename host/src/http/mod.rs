@@ -4,6 +4,7 @@
 mod dashboard;
 mod dialout;
 mod drain;
+pub mod error;
 mod history_api;
 mod local;
 mod media_ws;
@@ -25,12 +26,14 @@ use tokio::net::TcpListener;
 pub use drain::Drain;
 pub use public_url::PublicUrl;
 
+use crate::call::control::CallControls;
 use crate::call::events::CallEvents;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::telephony::stream_token::StreamTokens;
+use crate::telephony::twilio::control::TwilioCall;
 use crate::telephony::twilio::rest::TwilioRest;
-use crate::telephony::twilio::stream::StreamContext;
+use crate::telephony::twilio::stream::{params, StreamContext};
 
 /// How long a stream token stays valid after the TwiML that carries it was served.
 const STREAM_TOKEN_TTL: Duration = Duration::from_secs(120);
@@ -71,13 +74,16 @@ impl AppState {
             None => None,
         };
         let events = CallEvents::new();
+        let phone = Arc::new(TwilioCall { rest: rest.clone(), metrics: metrics.clone() });
+        let controls = CallControls::new(phone).with(params::PLAYGROUND, Arc::new(playground::control::PlaygroundCall));
         let streams = Arc::new(StreamContext {
             tokens: (!config.insecure_skip_signature).then(|| tokens.clone()),
-            rest: rest.clone(),
+            controls,
             sessions,
             metrics: metrics.clone(),
             limits: Default::default(),
             events: events.clone(),
+            bad_message_log: crate::logs::LogThrottle::new(Duration::from_secs(1)),
         });
         let public_url = PublicUrl::new(config.public_url.clone());
         Ok(Self {
@@ -124,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .merge(history_api::routes(state.clone()))
         .merge(dashboard::routes())
         .merge(playground::routes(state.clone()))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 

@@ -1,27 +1,13 @@
-//! Persona plugins: WebAssembly components implementing the `switchboard:persona@0.1.0` world
-//! (`wit/persona.wit`), one per `NAME.wasm` in `PERSONAS_DIR`, routed per phone number by
-//! `routes.toml`, sandboxed and hot-reloaded.
-//!
-//! - [`runtime`]: the engine (pooling allocator, epoch deadlines, compiled-code cache, linker).
-//! - [`host`]: the directory of personas, routing and reloads; the engine's `PersonaProvider`.
-//! - [`plugin`]: one call's instance behind the `Persona` trait, with fallback on faults.
-//! - [`routes`], [`http`], [`kv`]: what personas are granted.
-//! - [`tools`]: `switchboard plugin check` and `switchboard plugin new`.
+//! Personas: what a bot *is*. The [`Persona`] trait the engine calls ([`api`]), the built-in
+//! persona ([`builtin`]), and the WebAssembly host that serves `NAME.wasm` plugins ([`wasm`]).
 
-mod bindings;
-pub mod cache;
-mod ctx;
-pub mod host;
-pub mod http;
-pub mod kv;
-pub mod plugin;
-pub mod routes;
-pub mod runtime;
-pub mod tools;
-mod watch;
+pub mod api;
+pub mod builtin;
+pub mod wasm;
 
-pub use cache::CacheOutcome;
-pub use host::{PluginHost, PluginHostConfig, PluginHostError, ReloadReport};
-pub use plugin::{PluginInstance, WasmPersona};
-pub use routes::{Grants, Limits, Routes, RoutesError};
-pub use runtime::{Compiled, LoadError, Runtime, RuntimeConfig};
+pub use api::*;
+pub use builtin::{BuiltinPersona, BuiltinProvider, BUILTIN_IDLE_ATTEMPTS};
+pub use wasm::{
+    tools, CacheOutcome, Compiled, Grants, Limits, LoadError, PluginHost, PluginHostConfig, PluginHostError,
+    PluginInstance, ReloadReport, Routes, RoutesError, Runtime, RuntimeConfig, WasmPersona,
+};

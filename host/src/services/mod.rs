@@ -5,6 +5,7 @@
 //! slot in. The handles the traits hand out ([`stt::SttHandle`], [`tts::TtsHandle`]) are plain
 //! channel ends, the same for every provider. Wire details stay in the provider modules.
 
+mod backoff;
 mod deepgram_ws;
 pub mod error;
 pub mod llm;

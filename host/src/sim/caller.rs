@@ -1,7 +1,7 @@
 //! The simulated caller's voice: a WAV file turned once into 20 ms μ-law frames (base64 payloads
 //! ready for the wire) that every simulated call shares, plus where the caller's utterances end.
 //!
-//! Utterance ends come from the audio itself, by a simple energy rule on the 20 ms frames
+//! SpeechSpan ends come from the audio itself, by a simple energy rule on the 20 ms frames
 //! (see [`Segmentation`]); they are what per-turn response latency is measured from.
 
 use std::path::Path;
@@ -52,7 +52,7 @@ impl Default for Segmentation {
 
 /// One caller utterance, in call time (ms since the stream started).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Utterance {
+pub struct SpeechSpan {
     pub start_ms: u64,
     pub end_ms: u64,
 }
@@ -65,7 +65,7 @@ pub struct CallerAudio {
     /// Base64 μ-law payload of each frame.
     payloads: Vec<String>,
     silence_payload: String,
-    utterances: Vec<Utterance>,
+    utterances: Vec<SpeechSpan>,
 }
 
 static SILENCE_PCM: [i16; FRAME_SAMPLES] = [0; FRAME_SAMPLES];
@@ -134,7 +134,7 @@ impl CallerAudio {
     }
 
     /// The caller's utterances found by the segmentation rule.
-    pub fn utterances(&self) -> &[Utterance] {
+    pub fn utterances(&self) -> &[SpeechSpan] {
         &self.utterances
     }
 }
@@ -182,7 +182,7 @@ fn resample_to_8k(mono: &[f32], from: u32) -> Result<Vec<f32>, CallerAudioError>
 }
 
 /// Finds utterances by the rule documented on [`Segmentation`].
-fn segment(pcm: &[i16], seg: &Segmentation) -> Vec<Utterance> {
+fn segment(pcm: &[i16], seg: &Segmentation) -> Vec<SpeechSpan> {
     let levels: Vec<f64> = pcm.chunks(FRAME_SAMPLES).map(frame_dbfs).collect();
     let Some(loudest) = levels.iter().copied().reduce(f64::max) else { return Vec::new() };
     let threshold = seg.floor_dbfs.max(loudest - seg.below_peak_db);
@@ -210,9 +210,9 @@ fn segment(pcm: &[i16], seg: &Segmentation) -> Vec<Utterance> {
     out
 }
 
-fn push_utterance(out: &mut Vec<Utterance>, (first, last, voiced): (u64, u64, u64), min_voiced: u64) {
+fn push_utterance(out: &mut Vec<SpeechSpan>, (first, last, voiced): (u64, u64, u64), min_voiced: u64) {
     if voiced >= min_voiced {
-        out.push(Utterance { start_ms: first * FRAME_MS, end_ms: (last + 1) * FRAME_MS });
+        out.push(SpeechSpan { start_ms: first * FRAME_MS, end_ms: (last + 1) * FRAME_MS });
     }
 }
 
@@ -254,7 +254,7 @@ mod tests {
         let audio = CallerAudio::from_pcm(&pcm, 8000, &Segmentation::default()).unwrap();
         assert_eq!(
             audio.utterances(),
-            &[Utterance { start_ms: 200, end_ms: 1900 }, Utterance { start_ms: 2900, end_ms: 3200 }]
+            &[SpeechSpan { start_ms: 200, end_ms: 1900 }, SpeechSpan { start_ms: 2900, end_ms: 3200 }]
         );
         assert_eq!(audio.duration_ms(), 4760);
     }
@@ -265,7 +265,7 @@ mod tests {
         pcm.extend(tone(500, 10000.0, 8000));
         pcm.extend(tone(1000, 30.0, 8000));
         let audio = CallerAudio::from_pcm(&pcm, 8000, &Segmentation::default()).unwrap();
-        assert_eq!(audio.utterances(), &[Utterance { start_ms: 500, end_ms: 1000 }]);
+        assert_eq!(audio.utterances(), &[SpeechSpan { start_ms: 500, end_ms: 1000 }]);
     }
 
     #[test]

@@ -24,14 +24,16 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-pub use caller::{CallerAudio, CallerAudioError, Segmentation, Utterance, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE};
+pub use caller::{CallerAudio, CallerAudioError, Segmentation, SpeechSpan, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE};
 pub use playout::{
-    Overflow, Played, Playout, TooManyMarks, MAX_GAP_TICKS_WITHOUT_MARKS, MAX_PENDING_MARKS, MULAW_SILENCE, SPURT_TICKS,
+    CallerPlayout, Overflow, Played, TooManyMarks, MAX_GAP_TICKS_WITHOUT_MARKS, MAX_PENDING_MARKS, MULAW_SILENCE,
+    SPURT_TICKS,
 };
-pub use report::{Aggregate, CallReport, MarkRecord, Outcome, Stats, Summary, Turn};
+pub use report::{Aggregate, CallEnd, CallReport, MarkRecord, Stats, Summary, Turn};
 pub use stream::DTMF_DIGIT_SPACING_MS;
 pub use webhook::{
-    call_params, fetch_twiml, parse_twiml, route, Direction, StreamTarget, WebhookError, WebhookMethod, WebhookRequest,
+    call_params, fetch_twiml, parse_twiml, route, StreamTarget, TwilioDirection, WebhookError, WebhookMethod,
+    WebhookRequest,
 };
 
 /// Longest simulated call (one hour).
@@ -85,7 +87,7 @@ pub struct CallPlan {
     pub call_sid: String,
     pub from: String,
     pub to: String,
-    pub direction: Direction,
+    pub direction: TwilioDirection,
     /// Added to the webhook form after Twilio's own parameters.
     pub extra_params: Vec<(String, String)>,
     pub caller: Arc<CallerAudio>,
@@ -117,7 +119,7 @@ impl CallPlan {
             call_sid: new_sid("CA"),
             from: "+15005550006".into(),
             to: "+15005550001".into(),
-            direction: Direction::Inbound,
+            direction: TwilioDirection::Inbound,
             extra_params: Vec::new(),
             caller,
             hangup_after,

@@ -50,7 +50,7 @@ pub struct Played {
 
 /// The playout buffer of one call.
 #[derive(Debug)]
-pub struct Playout {
+pub struct CallerPlayout {
     queue: VecDeque<u8>,
     max_bytes: usize,
     /// Total bytes ever queued / taken out (played or cleared): positions of marks.
@@ -70,7 +70,7 @@ pub struct Playout {
     underrun_ticks: u64,
 }
 
-impl Playout {
+impl CallerPlayout {
     pub fn new(max_bytes: usize) -> Self {
         Self {
             queue: VecDeque::with_capacity(FRAME_SAMPLES * 50),
@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn mark_is_echoed_once_its_audio_has_played() {
-        let mut p = Playout::new(1 << 20);
+        let mut p = CallerPlayout::new(1 << 20);
         let mut echo = Vec::new();
         let mut f = frame();
         p.tick(1, &mut f, &mut echo);
@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn mark_with_nothing_queued_is_echoed_at_once_unless_audio_is_still_playing() {
-        let mut p = Playout::new(1 << 20);
+        let mut p = CallerPlayout::new(1 << 20);
         let mut echo = Vec::new();
         let mut f = frame();
         p.push_mark("first".into(), &mut echo).unwrap();
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn clear_drops_audio_and_returns_pending_marks_in_order() {
-        let mut p = Playout::new(1 << 20);
+        let mut p = CallerPlayout::new(1 << 20);
         let mut echo = Vec::new();
         let mut f = frame();
         p.push_audio(&[1; 1600]).unwrap();
@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn late_chunk_inside_a_spurt_is_an_underrun_but_the_end_of_an_utterance_is_not() {
-        let mut p = Playout::new(1 << 20);
+        let mut p = CallerPlayout::new(1 << 20);
         let mut echo = Vec::new();
         let mut f = frame();
         p.push_audio(&[1; 320]).unwrap();
@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn long_pause_of_a_bot_without_marks_is_not_an_underrun() {
-        let mut p = Playout::new(1 << 20);
+        let mut p = CallerPlayout::new(1 << 20);
         let mut echo = Vec::new();
         let mut f = frame();
         p.push_audio(&[1; 160]).unwrap();
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn audio_dumped_long_ago_running_out_is_not_a_spurt() {
-        let mut p = Playout::new(1 << 20);
+        let mut p = CallerPlayout::new(1 << 20);
         let mut echo = Vec::new();
         let mut f = frame();
         p.push_audio(&[1; 160 * 30]).unwrap();
@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn pending_marks_are_bounded() {
-        let mut p = Playout::new(1 << 20);
+        let mut p = CallerPlayout::new(1 << 20);
         let mut echo = Vec::new();
         p.push_audio(&[1; 160]).unwrap();
         for i in 0..MAX_PENDING_MARKS {
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn overflow_is_reported_and_bounded() {
-        let mut p = Playout::new(300);
+        let mut p = CallerPlayout::new(300);
         assert!(p.push_audio(&[1; 200]).is_ok());
         let err = p.push_audio(&[1; 200]).unwrap_err();
         assert_eq!(err, Overflow { queued: 300, limit: 300, dropped: 100 });

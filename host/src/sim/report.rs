@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::caller::Utterance;
+use super::caller::SpeechSpan;
 
 /// Error messages kept per call (the count keeps going).
 const MAX_ERRORS_KEPT: usize = 20;
@@ -15,7 +15,7 @@ const MAX_MARKS_KEPT: usize = 10_000;
 /// How a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum CallEnd {
     /// The simulated caller hung up (`stop` sent) as planned.
     Completed,
     /// The call was ended from outside (the REST API's `Status=completed`, a transfer) before the
@@ -53,7 +53,7 @@ pub struct MarkRecord {
 pub struct CallReport {
     pub call_sid: String,
     pub stream_sid: Option<String>,
-    pub outcome: Outcome,
+    pub outcome: CallEnd,
     /// HTTP status of the webhook answer.
     pub webhook_status: Option<u16>,
     /// The WebSocket URL dialled (after loopback routing).
@@ -61,7 +61,7 @@ pub struct CallReport {
     pub custom_parameters: Vec<(String, String)>,
     /// From sending `start` to the first bot `media` message.
     pub first_audio_ms: Option<f64>,
-    pub utterances: Vec<Utterance>,
+    pub utterances: Vec<SpeechSpan>,
     pub turns: Vec<Turn>,
     /// Call times (ms) when a new bot talk spurt started arriving.
     pub bot_spurts_ms: Vec<f64>,
@@ -91,7 +91,7 @@ impl CallReport {
         Self {
             call_sid: call_sid.to_string(),
             stream_sid: None,
-            outcome: Outcome::Failed,
+            outcome: CallEnd::Failed,
             webhook_status: None,
             stream_url: None,
             custom_parameters: Vec::new(),
@@ -158,7 +158,7 @@ impl CallReport {
     }
 
     pub fn ok(&self) -> bool {
-        self.outcome != Outcome::Failed
+        self.outcome != CallEnd::Failed
     }
 }
 
@@ -244,15 +244,15 @@ impl GeneratorStats {
 
 impl Summary {
     pub fn from_calls(calls: Vec<CallReport>) -> Self {
-        let count = |o: Outcome| calls.iter().filter(|c| c.outcome == o).count();
+        let count = |o: CallEnd| calls.iter().filter(|c| c.outcome == o).count();
         let turns = || calls.iter().flat_map(|c| &c.turns);
         let sum = |f: fn(&CallReport) -> u64| calls.iter().map(f).sum::<u64>();
         let aggregate = Aggregate {
             calls: calls.len(),
-            completed: count(Outcome::Completed),
-            ended_by_api: count(Outcome::EndedByApi),
-            server_closed: count(Outcome::ServerClosed),
-            failed: count(Outcome::Failed),
+            completed: count(CallEnd::Completed),
+            ended_by_api: count(CallEnd::EndedByApi),
+            server_closed: count(CallEnd::ServerClosed),
+            failed: count(CallEnd::Failed),
             first_audio_ms: Stats::of(calls.iter().filter_map(|c| c.first_audio_ms).collect()),
             turn_latency_ms: Stats::of(turns().filter_map(|t| t.latency_ms).collect()),
             unanswered_turns: turns().filter(|t| t.latency_ms.is_none()).count(),
@@ -301,9 +301,9 @@ mod tests {
     fn turns_pair_each_utterance_with_the_next_spurt_before_the_following_end() {
         let mut r = CallReport::new("CA1");
         r.utterances = vec![
-            Utterance { start_ms: 0, end_ms: 1000 },
-            Utterance { start_ms: 2000, end_ms: 3000 },
-            Utterance { start_ms: 4000, end_ms: 5000 },
+            SpeechSpan { start_ms: 0, end_ms: 1000 },
+            SpeechSpan { start_ms: 2000, end_ms: 3000 },
+            SpeechSpan { start_ms: 4000, end_ms: 5000 },
         ];
         r.bot_spurts_ms = vec![500.0, 1650.5, 3100.0, 3900.0];
         r.compute_turns();
@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn summary_aggregates() {
         let mut a = CallReport::new("CA1");
-        a.outcome = Outcome::Completed;
+        a.outcome = CallEnd::Completed;
         a.first_audio_ms = Some(100.0);
         a.clears = 2;
         a.turns = vec![Turn { utterance_end_ms: 1, latency_ms: Some(300.0) }];

@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::caller::{CallerAudio, FRAME_MS, FRAME_SAMPLES};
-use super::playout::{Playout, MULAW_SILENCE};
+use super::playout::{CallerPlayout, MULAW_SILENCE};
 use super::recorder::Recorder;
-use super::report::{round1, CallReport, Outcome};
+use super::report::{round1, CallEnd, CallReport};
 use super::DtmfEvent;
 use crate::telephony::twilio::media::{parse_bot_message, twilio_side, BotMessage, MediaFormat, StartInfo};
 
@@ -77,7 +77,7 @@ pub(crate) async fn run(plan: StreamPlan<'_>, report: &mut CallReport) {
     let ws = match connect(&plan.ws_url, plan.connect_timeout).await {
         Ok(ws) => ws,
         Err(e) => {
-            report.outcome = Outcome::Failed;
+            report.outcome = CallEnd::Failed;
             report.note_error(e);
             return;
         }
@@ -112,7 +112,7 @@ struct Session<'r> {
     stream_sid: String,
     seq: u64,
     t0: Instant,
-    playout: Playout,
+    playout: CallerPlayout,
     recorder: Option<Recorder>,
     echo: Vec<String>,
     played: [u8; FRAME_SAMPLES],
@@ -136,7 +136,7 @@ impl<'r> Session<'r> {
             stream_sid: plan.stream_sid.clone(),
             seq: 0,
             t0: Instant::now(),
-            playout: Playout::new(plan.max_playout_bytes),
+            playout: CallerPlayout::new(plan.max_playout_bytes),
             recorder,
             echo: Vec::with_capacity(8),
             played: [MULAW_SILENCE; FRAME_SAMPLES],
@@ -383,9 +383,9 @@ impl<'r> Session<'r> {
         self.report.underruns = self.playout.underruns();
         self.report.underrun_ms = self.playout.underrun_ms();
         self.report.outcome = match end {
-            End::Hangup => Outcome::Completed,
-            End::Ended => Outcome::EndedByApi,
-            End::ServerClosed => Outcome::ServerClosed,
+            End::Hangup => CallEnd::Completed,
+            End::Ended => CallEnd::EndedByApi,
+            End::ServerClosed => CallEnd::ServerClosed,
         };
         if !matches!(end, End::ServerClosed) {
             self.seq += 1;

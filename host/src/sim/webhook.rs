@@ -27,16 +27,16 @@ pub enum WebhookError {
 
 /// Which way the call goes, as Twilio's `Direction` parameter says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum Direction {
+pub enum TwilioDirection {
     Inbound,
     OutboundApi,
 }
 
-impl Direction {
+impl TwilioDirection {
     pub fn as_twilio(self) -> &'static str {
         match self {
-            Direction::Inbound => "inbound",
-            Direction::OutboundApi => "outbound-api",
+            TwilioDirection::Inbound => "inbound",
+            TwilioDirection::OutboundApi => "outbound-api",
         }
     }
 }
@@ -75,11 +75,11 @@ pub fn call_params(
     call_sid: &str,
     from: &str,
     to: &str,
-    direction: Direction,
+    direction: TwilioDirection,
 ) -> Vec<(String, String)> {
     let status = match direction {
-        Direction::Inbound => "ringing",
-        Direction::OutboundApi => "in-progress",
+        TwilioDirection::Inbound => "ringing",
+        TwilioDirection::OutboundApi => "in-progress",
     };
     [
         ("AccountSid", account_sid),
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn call_params_look_like_twilios() {
-        let p = call_params("AC1", "CA1", "+1555", "+1666", Direction::OutboundApi);
+        let p = call_params("AC1", "CA1", "+1555", "+1666", TwilioDirection::OutboundApi);
         let get = |k: &str| p.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("Direction"), Some("outbound-api"));
         assert_eq!(get("CallStatus"), Some("in-progress"));

@@ -16,7 +16,8 @@ use serde_json::Value;
 use switchboard::audio::analyze::{self, AnalyzeOptions};
 use switchboard::audio::features::{self, WhisperFeatures, N_FEATURES};
 use switchboard::audio::models::ModelPaths;
-use switchboard::audio::turn::{SmartTurnConfig, SmartTurnEngine, TurnDetector, TurnParams};
+use switchboard::audio::pipeline::{InboundPipeline, PipelineEvent, PipelineParams};
+use switchboard::audio::turn::{SmartTurnConfig, SmartTurnEngine, TurnParams};
 use switchboard::audio::vad::{SileroVad, VadEngine, VadEngineConfig, VadEvent, VadParams, VadRate, VadWindow};
 
 const VAD_TOLERANCE: f32 = 1e-3;
@@ -259,7 +260,7 @@ fn analyze_matches_reference_including_smart_turn() {
     assert!(worst_turn <= TURN_TOLERANCE, "Smart Turn max |Δp| {worst_turn}");
 }
 
-/// The call path: every 8 kHz clip as a concurrent call, each with a `TurnDetector` on the
+/// The call path: every 8 kHz clip as a concurrent call, each with an `InboundPipeline` on the
 /// shared VAD and Smart Turn engines (batched inference off the reactor), must give the
 /// reference's events and verdicts.
 #[test]
@@ -275,22 +276,27 @@ fn call_path_turn_detectors_on_shared_engines_match_reference() {
             let (_, pcm) = read_pcm(&fixture(&name));
             let params = VadParams::default();
             let vad = vad_engine.stream(VadRate::Hz8000, params);
-            let mut detector = TurnDetector::new(vad, turn_engine.handle(), TurnParams::default(), params.start_secs);
+            let pipeline_params = PipelineParams { vad: params, turn: TurnParams::default(), denoise: false };
+            let mut pipeline = InboundPipeline::new(vad, turn_engine.handle(), pipeline_params);
             tasks.push(tokio::spawn(async move {
                 let mut lines = Vec::new();
-                let mut position = 0usize;
                 for frame in pcm.chunks(160) {
-                    position += frame.len();
-                    let outcome = detector.push_frame(frame).await.expect("frame");
-                    if outcome.fallback_complete {
-                        lines.push((position as f64 / 8000.0, "turn_fallback".to_string(), None));
-                    }
-                    if let (Some(event), Some(w)) = (outcome.event, outcome.window) {
-                        lines.push((w.t, event_name(event).to_string(), None));
-                        if let Some(pending) = outcome.pending {
-                            let verdict = pending.verdict().await.expect("verdict");
-                            detector.apply_verdict(&verdict);
-                            lines.push((w.t, "turn".to_string(), Some((verdict.probability, verdict.complete))));
+                    pipeline.push(frame, |_| {}).await.expect("frame");
+                    let events: Vec<PipelineEvent> = pipeline.drain_events().collect();
+                    for event in events {
+                        match event {
+                            PipelineEvent::Fallback { t } => lines.push((t, "turn_fallback".to_string(), None)),
+                            PipelineEvent::SpeechStarted { t } => {
+                                lines.push((t, event_name(VadEvent::SpeechStart).to_string(), None));
+                            }
+                            PipelineEvent::SpeechStopped { t, scoring, .. } => {
+                                lines.push((t, event_name(VadEvent::SpeechStop).to_string(), None));
+                                if scoring {
+                                    let verdict = pipeline.verdict().await.expect("verdict");
+                                    lines.push((t, "turn".to_string(), Some((verdict.probability, verdict.complete))));
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }

@@ -4,21 +4,21 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use switchboard::audio::models::ModelPaths;
 use switchboard::audio::turn::{SmartTurnConfig, SmartTurnEngine, SmartTurnHandle, TurnParams};
 use switchboard::audio::vad::{VadEngine, VadEngineConfig, VadParams};
-use switchboard::call::conversation::writer::TurnLatency;
-use switchboard::call::conversation::{Conversation, ConversationDeps};
 use switchboard::call::events::{CallEvent, CallEventSink};
-use switchboard::call::persona::{
-    Action, BuiltinPersona, CallSummary, HookFuture, Persona, PersonaProvider, PersonaSetup, ToolOutcome, ToolSpec,
-};
+use switchboard::call::transcript::TurnLatency;
 use switchboard::call::CallInfo;
 use switchboard::config::Overrides;
+use switchboard::engine::{Conversation, EngineDeps};
 use switchboard::http::AppState;
 use switchboard::metrics::Metrics;
+use switchboard::persona::{
+    Action, BuiltinPersona, CallSummary, HookFuture, Persona, PersonaProvider, PersonaSetup, ToolOutcome, ToolSpec,
+};
 use switchboard::services::llm::openai_compat::{OpenAiCompat, OpenAiCompatConfig};
 use switchboard::services::stt::deepgram::{DeepgramStt, DeepgramSttConfig};
 use switchboard::services::tts::deepgram::{DeepgramTts, DeepgramTtsConfig};
@@ -45,7 +45,7 @@ pub(crate) fn engine_with_fakes(
     recordings: &std::path::Path,
 ) -> Conversation {
     let (vad, smart_turn) = engines();
-    Conversation::new(ConversationDeps {
+    Conversation::new(EngineDeps {
         vad,
         smart_turn,
         stt: Arc::new(DeepgramStt::new(DeepgramSttConfig::new(stt.base_url(), deepgram_stt::API_KEY))),
@@ -87,8 +87,15 @@ pub(crate) struct TestPersona {
     tool_result: String,
     /// What the tool asks for after its result (default: nothing).
     tool_then: Option<Action>,
+    /// How long each tool call takes (a plugin doing an HTTP lookup).
+    tool_delay: Option<Duration>,
+    /// When the last tool call started and ended.
+    tool_window: Arc<Mutex<Option<ToolWindow>>>,
     calls: Arc<Mutex<Vec<String>>>,
 }
+
+/// When a tool call started, and ended once it has.
+type ToolWindow = (Instant, Option<Instant>);
 
 struct TestPersonaCall {
     cfg: TestPersona,
@@ -138,14 +145,24 @@ impl Persona for TestPersonaCall {
         self.cfg.calls.lock().unwrap().push(format!("tool:{name}:{arguments}"));
         let content = self.cfg.tool_result.clone();
         let then = self.cfg.tool_then.clone().unwrap_or(Action::None);
-        Box::pin(async move { Ok(ToolOutcome { content, then }) })
+        let (delay, window) = (self.cfg.tool_delay, self.cfg.tool_window.clone());
+        Box::pin(async move {
+            *window.lock().unwrap() = Some((Instant::now(), None));
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some((_, end)) = window.lock().unwrap().as_mut() {
+                *end = Some(Instant::now());
+            }
+            Ok(ToolOutcome { content, then })
+        })
     }
     fn on_dtmf<'a>(&'a mut self, digits: &'a str) -> HookFuture<'a, Action> {
         self.cfg.calls.lock().unwrap().push(format!("dtmf:{digits}"));
         self.inner.on_dtmf(digits)
     }
     fn on_call_end<'a>(&'a mut self, summary: &'a CallSummary) -> HookFuture<'a, ()> {
-        self.cfg.calls.lock().unwrap().push(format!("end:{}", summary.outcome));
+        self.cfg.calls.lock().unwrap().push(format!("end:{}", summary.outcome.label()));
         self.inner.on_call_end(summary)
     }
 }
@@ -162,13 +179,14 @@ pub(crate) struct Rig {
     events: Arc<EventLog>,
 }
 
-/// Every call event the server reported, in order.
+/// Every call event the server reported, in order, and when each arrived.
 #[derive(Default)]
-struct EventLog(Mutex<Vec<(String, CallEvent)>>);
+struct EventLog(Mutex<Vec<(String, CallEvent)>>, Mutex<Vec<Instant>>);
 
 impl CallEventSink for EventLog {
     fn record(&self, call_sid: &str, event: &CallEvent) {
         self.0.lock().unwrap().push((call_sid.to_string(), event.clone()));
+        self.1.lock().unwrap().push(Instant::now());
     }
 }
 
@@ -793,4 +811,59 @@ async fn measure_load() {
         agg["turn_latency_ms"],
         agg["first_audio_ms"]
     );
+}
+
+#[tokio::test]
+async fn a_slow_tool_never_stops_the_caller_being_heard_barge_in_or_audio() {
+    let persona = TestPersona {
+        tools: vec![ToolSpec {
+            name: "order_status".into(),
+            description: "Where an order is".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {}}),
+        }],
+        tool_result: r#"{"status":"shipped"}"#.into(),
+        tool_delay: Some(Duration::from_secs(3)),
+        ..Default::default()
+    };
+    let (calls, window) = (persona.calls.clone(), persona.tool_window.clone());
+    let rig = Rig::start(persona).await;
+    rig.groq.script([
+        Reply::Text("Hello!".into()),
+        Reply::ToolCalls(vec![("order_status".into(), "{}".into())]),
+        Reply::Text("Okay, never mind then.".into()),
+    ]);
+    rig.stt.script(&["Where is my order?", "Actually, never mind."]);
+    let report = rig.call(rig.plan("tool_barge_8k.wav", Duration::from_secs(11))).await;
+    assert!(report.ok(), "{report:?}");
+    assert!(calls.lock().unwrap().iter().any(|c| c.starts_with("tool:order_status")), "{:?}", calls.lock().unwrap());
+    let (tool_start, tool_end) = window.lock().unwrap().expect("the tool ran");
+    let tool_end = tool_end.expect("the tool finished");
+    assert!(tool_end - tool_start >= Duration::from_secs(3));
+    // While the tool ran, the caller was heard: VAD events arrived inside its window.
+    let log = rig.events.0.lock().unwrap().clone();
+    let at = rig.events.1.lock().unwrap().clone();
+    let vad_during = log
+        .iter()
+        .zip(&at)
+        .filter(|((_, e), t)| matches!(e, CallEvent::Vad { .. }) && **t > tool_start && **t < tool_end)
+        .count();
+    assert!(vad_during >= 1, "VAD events during the tool: {vad_during}");
+    // The caller cut the reply the tool belonged to short, while the tool ran.
+    let metrics = reqwest::get(format!("{}/metrics", rig.server.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("switchboard_barge_ins_total 1"), "{metrics}");
+    let cut = log
+        .iter()
+        .zip(&at)
+        .find(|((_, e), _)| matches!(e, CallEvent::Line(l) if l.interrupted))
+        .map(|(_, t)| *t)
+        .expect("an interrupted assistant line");
+    assert!(cut > tool_start && cut < tool_end, "the barge-in happened while the tool ran");
+    // No caller audio was dropped, and the second turn was answered with the tool's result in the context.
+    assert!(metrics.contains("switchboard_caller_frames_dropped_total 0"), "{metrics}");
+    let last = rig.groq.requests().last().unwrap().body.clone();
+    let roles: Vec<&str> = last["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    let tool_at = roles.iter().position(|r| *r == "tool").expect("the tool's result in the context");
+    assert_eq!(roles[tool_at - 1], "assistant", "the result follows its call: {roles:?}");
+    assert_eq!(roles.last(), Some(&"user"), "{roles:?}");
+    assert!(rig.spoken_texts().iter().any(|t| t.contains("never mind then")), "{:?}", rig.spoken_texts());
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard::call::diagnostic::EchoDiagnostic;
 use switchboard::config::Overrides;
+use switchboard::engine::echo::EchoDiagnostic;
 use switchboard::sim::{simulate_call, CallPlan, CallerAudio, Segmentation};
 
 use crate::harness::{TestServer, ACCOUNT_SID, AUTH_TOKEN};

@@ -11,14 +11,14 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use switchboard::call::events::{CallEvent, CallEventSink};
-use switchboard::call::persona::{
-    Action, BuiltinPersona, CallSummary, HookFuture, Persona, PersonaIdentity, PersonaProvider, PersonaSetup,
-    ToolOutcome,
-};
 use switchboard::call::{CallInfo, CallOutput, Direction};
 use switchboard::config::Overrides;
 use switchboard::history::HistoryOptions;
 use switchboard::metrics::Metrics;
+use switchboard::persona::{
+    Action, BuiltinPersona, CallSummary, HookFuture, Persona, PersonaIdentity, PersonaProvider, PersonaSetup,
+    ToolOutcome,
+};
 use switchboard::telephony::twilio::media::{parse_bot_message, twilio_side, BotMessage, MediaFormat, StartInfo};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -9,12 +9,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use switchboard::call::persona::{
-    Action, BuiltinPersona, CallSummary, Greeting, HookFuture, Persona, PersonaProvider, PersonaSetup, ToolOutcome,
-};
 use switchboard::call::{CallInfo, Direction};
 use switchboard::config::Overrides;
 use switchboard::metrics::Metrics;
+use switchboard::persona::{
+    Action, BuiltinPersona, CallSummary, Greeting, HookFuture, Persona, PersonaProvider, PersonaSetup, ToolOutcome,
+};
 use switchboard::persona::{PluginHost, PluginHostConfig, RuntimeConfig, WasmPersona};
 use switchboard::sim::{self, simulate_call, CallPlan, CallReport, CallerAudio, DtmfEvent, Segmentation};
 
@@ -250,7 +250,7 @@ impl Rig {
         }
         let mut plan = self.plan("+15559998888", hangup_after, false);
         plan.webhook_url = format!("{}/twiml?{}", self.server.base, query.finish()).parse().unwrap();
-        plan.direction = sim::Direction::OutboundApi;
+        plan.direction = sim::TwilioDirection::OutboundApi;
         plan.from = "+15550002222".into();
         plan
     }

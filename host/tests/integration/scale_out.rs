@@ -9,12 +9,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard::call::persona::{
-    Action, BuiltinPersona, CallSummary, Greeting, HookFuture, Persona, PersonaProvider, PersonaSetup, ToolOutcome,
-};
 use switchboard::call::{CallInfo, Direction};
 use switchboard::config::Overrides;
 use switchboard::metrics::Metrics;
+use switchboard::persona::{
+    Action, BuiltinPersona, CallSummary, Greeting, HookFuture, Persona, PersonaProvider, PersonaSetup, ToolOutcome,
+};
 use switchboard::sim::{self, CallPlan, CallReport, CallerAudio, Segmentation, WebhookMethod, WebhookRequest};
 use url::Url;
 
@@ -189,7 +189,7 @@ async fn fetch_twiml(call_sid: &str, url: &Url, server: &Instance) -> String {
         server: Some(server.base()),
         method: WebhookMethod::Post,
         auth_token: Some(AUTH_TOKEN.into()),
-        params: sim::call_params(ACCOUNT_SID, call_sid, FROM, TO, sim::Direction::OutboundApi),
+        params: sim::call_params(ACCOUNT_SID, call_sid, FROM, TO, sim::TwilioDirection::OutboundApi),
         timeout: T,
     };
     let (status, twiml) = sim::fetch_twiml(&reqwest::Client::new(), &request).await.expect("TwiML");
@@ -206,7 +206,7 @@ async fn stream_to(call_sid: &str, url: &Url, twiml: &str, server: &Instance, re
     plan.call_sid = call_sid.into();
     plan.from = FROM.into();
     plan.to = TO.into();
-    plan.direction = sim::Direction::OutboundApi;
+    plan.direction = sim::TwilioDirection::OutboundApi;
     plan.hangup_after = Duration::from_secs(4);
     plan.end_signal = Some(rest.end_signal(call_sid));
     let report = sim::simulate_call_from_twiml(&plan, twiml).await;

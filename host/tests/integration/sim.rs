@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::{Form, Router};
 use switchboard::audio::mulaw;
-use switchboard::sim::{self, CallPlan, CallReport, CallerAudio, Outcome, Segmentation, SimulateArgs};
+use switchboard::sim::{self, CallEnd, CallPlan, CallReport, CallerAudio, Segmentation, SimulateArgs};
 use switchboard::telephony::twilio::media::{parse_event, StreamEvent};
 use switchboard::telephony::twilio::rest::{NewCall, RestError, TwilioRest};
 use switchboard::telephony::twilio::signature;
@@ -405,7 +405,7 @@ async fn writes_media_streams_messages_exactly_as_twilio_does() {
     let mut p = plan(&bot, one_utterance(), 600);
     p.dtmf = vec!["0.1:12".parse().unwrap()];
     let report = sim::simulate_call(&p).await;
-    assert_eq!(report.outcome, Outcome::Completed, "{:?}", report.errors);
+    assert_eq!(report.outcome, CallEnd::Completed, "{:?}", report.errors);
     assert_eq!(report.error_count, 0, "{:?}", report.errors);
 
     let log = bot.log();
@@ -448,7 +448,7 @@ async fn marks_come_back_when_their_audio_has_played_and_the_recording_shows_it(
     let mut p = plan(&bot, one_utterance(), 1500);
     p.record = Some(dir.path().join("heard.wav"));
     let report = sim::simulate_call(&p).await;
-    assert_eq!(report.outcome, Outcome::Completed, "{:?}", report.errors);
+    assert_eq!(report.outcome, CallEnd::Completed, "{:?}", report.errors);
     assert_eq!((report.bot_audio_bytes, report.bot_audio_played_ms), (25 * 160, 500));
     assert!(report.first_audio_ms.unwrap() < 150.0, "{:?}", report.first_audio_ms);
     assert_eq!((report.marks_received, report.marks_echoed, report.underruns, report.clears), (1, 1, 0, 0));
@@ -486,7 +486,7 @@ async fn clear_drops_queued_audio_and_returns_pending_marks_at_once() {
     let mut p = plan(&bot, one_utterance(), 1500);
     p.record = Some(dir.path().join("clear.wav"));
     let report = sim::simulate_call(&p).await;
-    assert_eq!(report.outcome, Outcome::Completed, "{:?}", report.errors);
+    assert_eq!(report.outcome, CallEnd::Completed, "{:?}", report.errors);
     assert_eq!((report.clears, report.marks_received, report.marks_echoed), (1, 2, 2));
     let long = &report.marks[0];
     assert_eq!((long.name.as_str(), long.cleared), ("long", true));
@@ -513,7 +513,7 @@ async fn clear_drops_queued_audio_and_returns_pending_marks_at_once() {
 async fn a_late_chunk_inside_an_utterance_is_an_underrun() {
     let bot = start_bot(Script::LateChunk, &stream_twiml("{ws}", &[]), None).await;
     let report = sim::simulate_call(&plan(&bot, one_utterance(), 800)).await;
-    assert_eq!(report.outcome, Outcome::Completed, "{:?}", report.errors);
+    assert_eq!(report.outcome, CallEnd::Completed, "{:?}", report.errors);
     assert_eq!(report.underruns, 1, "{report:?}");
     assert!((20..=140).contains(&report.underrun_ms), "gap {} ms", report.underrun_ms);
     assert_eq!(report.bot_audio_played_ms, 120);
@@ -523,7 +523,7 @@ async fn a_late_chunk_inside_an_utterance_is_an_underrun() {
 async fn turn_latency_runs_from_the_end_of_the_callers_utterance_to_the_reply() {
     let bot = start_bot(Script::ReplyAfterSilence, &stream_twiml("{ws}", &[]), None).await;
     let report = sim::simulate_call(&plan(&bot, one_utterance(), 1800)).await;
-    assert_eq!(report.outcome, Outcome::Completed, "{:?}", report.errors);
+    assert_eq!(report.outcome, CallEnd::Completed, "{:?}", report.errors);
     assert_eq!(report.utterances.len(), 1);
     assert_eq!(report.utterances[0].end_ms, 1000);
     assert_eq!(report.turns.len(), 1);
@@ -539,7 +539,7 @@ async fn turn_latency_runs_from_the_end_of_the_callers_utterance_to_the_reply() 
 async fn malformed_bot_messages_are_counted_and_the_call_carries_on() {
     let bot = start_bot(Script::Garbage, &stream_twiml("{ws}", &[]), None).await;
     let report = sim::simulate_call(&plan(&bot, one_utterance(), 600)).await;
-    assert_eq!(report.outcome, Outcome::Completed);
+    assert_eq!(report.outcome, CallEnd::Completed);
     assert_eq!(report.error_count, 5, "{:?}", report.errors);
     let all = report.errors.join("\n");
     for needle in ["not json", "streamSid", "binary frame", "bogus", "unknown streamSid"] {
@@ -552,7 +552,7 @@ async fn malformed_bot_messages_are_counted_and_the_call_carries_on() {
 async fn a_server_closing_the_stream_early_ends_the_call_cleanly() {
     let bot = start_bot(Script::CloseEarly, &stream_twiml("{ws}", &[]), None).await;
     let report = sim::simulate_call(&plan(&bot, one_utterance(), 5000)).await;
-    assert_eq!(report.outcome, Outcome::ServerClosed);
+    assert_eq!(report.outcome, CallEnd::ServerClosed);
     assert!(report.duration_ms < 2000.0, "{}", report.duration_ms);
     assert!(report.media_frames_sent >= 5 && report.media_frames_sent < 50, "{}", report.media_frames_sent);
     assert!(bot.seen("stop").is_empty(), "no stop on a closed socket");
@@ -563,14 +563,14 @@ async fn webhook_and_twiml_failures_are_reported_not_panicked() {
     // Signature required but the simulator has no token: 403.
     let bot = start_bot(Script::Silent, &stream_twiml("{ws}", &[]), Some(("{base}/", TOKEN))).await;
     let report = sim::simulate_call(&plan(&bot, one_utterance(), 500)).await;
-    assert_eq!((report.outcome, report.webhook_status), (Outcome::Failed, Some(403)));
+    assert_eq!((report.outcome, report.webhook_status), (CallEnd::Failed, Some(403)));
     assert!(report.errors[0].contains("HTTP 403") && report.errors[0].contains("bad signature"), "{:?}", report.errors);
 
     // TwiML without a stream.
     let say = Twiml::new().verb(Verb::Say("hello".into())).verb(Verb::Hangup).to_xml();
     let bot = start_bot(Script::Silent, &say, None).await;
     let report = sim::simulate_call(&plan(&bot, one_utterance(), 500)).await;
-    assert_eq!((report.outcome, report.webhook_status), (Outcome::Failed, Some(200)));
+    assert_eq!((report.outcome, report.webhook_status), (CallEnd::Failed, Some(200)));
     assert!(report.errors[0].contains("no <Connect><Stream>"), "{:?}", report.errors);
 
     // A stream URL nobody listens on.
@@ -579,14 +579,14 @@ async fn webhook_and_twiml_failures_are_reported_not_panicked() {
     drop(closed);
     let bot = start_bot(Script::Silent, &stream_twiml(&dead, &[]), None).await;
     let report = sim::simulate_call(&plan(&bot, one_utterance(), 500)).await;
-    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(report.outcome, CallEnd::Failed);
     assert!(report.errors[0].contains("WebSocket connect"), "{:?}", report.errors);
 
     // Nothing listening for the webhook at all.
     let mut p = plan(&bot, one_utterance(), 500);
     p.webhook_url = Url::parse(&dead.replace("ws://", "http://")).unwrap();
     let report = sim::simulate_call(&p).await;
-    assert_eq!((report.outcome, report.webhook_status), (Outcome::Failed, None));
+    assert_eq!((report.outcome, report.webhook_status), (CallEnd::Failed, None));
     assert!(report.errors[0].contains("could not be reached"), "{:?}", report.errors);
 }
 
@@ -600,7 +600,7 @@ async fn signs_over_the_public_url_and_routes_public_names_to_the_local_server()
     p.server = Some(Url::parse(&bot.base).unwrap());
     p.auth_token = Some(TOKEN.into());
     let report = sim::simulate_call(&p).await;
-    assert_eq!(report.outcome, Outcome::Completed, "{:?}", report.errors);
+    assert_eq!(report.outcome, CallEnd::Completed, "{:?}", report.errors);
     assert_eq!(report.stream_url.as_deref(), Some(format!("{}/ws?room=7", bot.base.replace("http", "ws")).as_str()));
     let log = bot.log();
     let (valid, form, headers) = &log.webhooks[0];
@@ -816,7 +816,7 @@ async fn fake_rest_answers_created_calls_by_running_the_simulator() {
         .await
         .unwrap();
     let report: CallReport = fake.wait_answered(&call.sid, Duration::from_secs(10)).await.expect("answered");
-    assert_eq!((report.outcome, report.webhook_status), (Outcome::Completed, Some(200)), "{:?}", report.errors);
+    assert_eq!((report.outcome, report.webhook_status), (CallEnd::Completed, Some(200)), "{:?}", report.errors);
     assert_eq!((report.call_sid.as_str(), report.marks_echoed), (call.sid.as_str(), 1));
     assert_eq!(fake.call(&call.sid).unwrap().status, "completed");
     let log = bot.log();
@@ -842,7 +842,7 @@ async fn completing_a_call_through_rest_ends_its_stream() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     rest.end_call(&sid).await.unwrap();
     let report = tokio::time::timeout(Duration::from_secs(5), running).await.expect("ended promptly").unwrap();
-    assert_eq!(report.outcome, Outcome::EndedByApi);
+    assert_eq!(report.outcome, CallEnd::EndedByApi);
     assert!(report.duration_ms < 3000.0, "{}", report.duration_ms);
     assert_eq!(bot.seen("stop").len(), 1, "Twilio sends stop when the call ends");
     assert_eq!(fake.call(&sid).unwrap().status, "completed");

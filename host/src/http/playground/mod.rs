@@ -12,6 +12,7 @@
 
 pub mod access;
 mod assets;
+pub mod control;
 mod events;
 
 use std::time::SystemTime;
@@ -25,7 +26,8 @@ use serde::Deserialize;
 use tracing::info;
 
 use super::AppState;
-use crate::call::persona::BUILTIN_NAME;
+use crate::http::error::error;
+use crate::persona::BUILTIN_NAME;
 use crate::telephony::stream_token::TOKEN_PARAMETER;
 use crate::telephony::twilio::stream::params;
 
@@ -42,10 +44,6 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/playground/call", post(call))
         .route("/playground/events/{call_sid}", get(events::stream))
         .layer(axum::middleware::from_fn_with_state(state, access::guard))
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
 /// The built-in persona first, then every loaded plugin persona.

@@ -33,6 +33,7 @@ use super::{
     command_channel, seq_to_secs, Frame, SpeechToText, SttCommand, SttCommandReceiver, SttError, SttEvent, SttEvents,
     SttHandle, SttOptions, SttStats, Transcript, FRAME_SAMPLES,
 };
+use crate::services::backoff::Backoff;
 use crate::services::deepgram_ws::{self, close_parts, Ws};
 use crate::services::error::{truncate, ErrorKind};
 use crate::services::websocket_url;
@@ -431,12 +432,10 @@ impl Session {
 
     /// Reconnects with back-off, buffering commands meanwhile. `None`: give up (reported) or closing.
     async fn reconnect(&mut self) -> Option<Ws> {
-        let started = Instant::now();
         let lost_before = SttStats::get(&self.stats().frames_lost);
-        let mut backoff = self.config.reconnect_initial_backoff;
-        let mut attempts = 0;
+        let mut backoff = Backoff::new(self.config.reconnect_initial_backoff, self.config.reconnect_max_backoff);
         loop {
-            attempts += 1;
+            let attempts = backoff.attempt();
             let (url, config) = (self.url.clone(), self.config.clone());
             let connect = async move { deepgram_ws::connect(&url, &config.api_key, config.connect_timeout).await };
             match self.buffering(connect).await? {
@@ -445,7 +444,7 @@ impl Session {
                     let lost_frames = SttStats::get(&self.stats().frames_lost) - lost_before;
                     let resent_frames = self.backlog.len();
                     tracing::info!(attempts, resent_frames, lost_frames, "Deepgram STT reconnected");
-                    let downtime = started.elapsed();
+                    let downtime = backoff.elapsed();
                     self.emit(SttEvent::Reconnected { attempts, downtime, resent_frames, lost_frames }).await;
                     return Some(ws);
                 }
@@ -453,15 +452,14 @@ impl Session {
                     self.emit(SttEvent::Failed(e.into())).await;
                     return None;
                 }
-                Err(e) if started.elapsed() >= self.config.reconnect_give_up => {
-                    let (elapsed, last) = (started.elapsed(), e.to_string());
+                Err(e) if backoff.elapsed() >= self.config.reconnect_give_up => {
+                    let (elapsed, last) = (backoff.elapsed(), e.to_string());
                     self.emit(SttEvent::Failed(SttError::ReconnectExhausted { attempts, elapsed, last })).await;
                     return None;
                 }
                 Err(e) => tracing::debug!(attempts, error = %e, "Deepgram STT reconnect attempt failed"),
             }
-            self.buffering(sleep(backoff)).await?;
-            backoff = (backoff * 2).min(self.config.reconnect_max_backoff);
+            self.buffering(sleep(backoff.delay())).await?;
         }
     }
 

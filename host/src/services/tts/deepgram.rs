@@ -31,7 +31,11 @@ use tracing::Instrument;
 use url::Url;
 
 use super::TtsStats;
-use super::{command_channel, ReplyId, TextToSpeech, TtsCommand, TtsError, TtsEvent, TtsEvents, TtsHandle, TtsOptions};
+use super::{
+    command_channel_with_budget, FlushBudget, ReplyId, TextToSpeech, TtsCommand, TtsError, TtsEvent, TtsEvents,
+    TtsHandle, TtsOptions,
+};
+use crate::services::backoff::Backoff;
 use crate::services::deepgram_ws::{self, close_parts, Ws};
 use crate::services::error::{deepgram_error_message, truncate};
 use crate::services::{join_path, websocket_url};
@@ -42,6 +46,8 @@ pub const ENCODING: &str = "mulaw";
 pub const SAMPLE_RATE: u32 = 8000;
 /// Deepgram's limit on the text of one request / `Speak`.
 const MAX_TEXT_CHARS: usize = 2000;
+/// Deepgram accepts 20 `Flush` per 60 s on a socket; keep a margin.
+const FLUSH_BUDGET: FlushBudget = FlushBudget { max: 16, window: Duration::from_secs(60) };
 
 /// Everything the Deepgram TTS client needs.
 #[derive(Clone)]
@@ -134,7 +140,7 @@ impl DeepgramTts {
     pub async fn open(&self, options: TtsOptions) -> Result<(TtsHandle, TtsEvents), TtsError> {
         let url = self.config.speak_socket_url(&options)?;
         let ws = deepgram_ws::connect(&url, &self.config.api_key, self.config.connect_timeout).await?;
-        let (handle, cmds, stats) = command_channel();
+        let (handle, cmds, stats) = command_channel_with_budget(FLUSH_BUDGET);
         let (events_tx, events) = mpsc::channel(self.config.event_capacity.max(1));
         let session = Session::new(self.config.clone(), url, cmds, events_tx, stats);
         tokio::spawn(session.run(ws).instrument(tracing::Span::current()));
@@ -489,17 +495,15 @@ impl Session {
     /// Opens a new socket with back-off. Commands meanwhile wait in the outbox; when an attempt
     /// fails, replies waiting in it are reported failed (the engine falls back) rather than held.
     async fn reconnect(&mut self) -> Option<Ws> {
-        let started = Instant::now();
-        let mut backoff = self.config.reconnect_initial_backoff;
-        let mut attempts = 0;
+        let mut backoff = Backoff::new(self.config.reconnect_initial_backoff, self.config.reconnect_max_backoff);
         loop {
-            attempts += 1;
+            let attempts = backoff.attempt();
             let (url, config) = (self.url.clone(), self.config.clone());
             let connect = async move { deepgram_ws::connect(&url, &config.api_key, config.connect_timeout).await };
             match self.queueing(connect).await? {
                 Ok(ws) => {
                     TtsStats::add(&self.stats.reconnects, 1);
-                    self.emit(TtsEvent::Reconnected { attempts, downtime: started.elapsed() }).await;
+                    self.emit(TtsEvent::Reconnected { attempts, downtime: backoff.elapsed() }).await;
                     return Some(ws);
                 }
                 Err(e) => {
@@ -511,8 +515,7 @@ impl Session {
                     }
                 }
             }
-            self.queueing(sleep(backoff)).await?;
-            backoff = (backoff * 2).min(self.config.reconnect_max_backoff);
+            self.queueing(sleep(backoff.delay())).await?;
         }
     }
 

@@ -159,11 +159,21 @@ impl TtsStats {
     }
 }
 
+/// A provider's limit on `Flush` messages per sliding window (Deepgram accepts 20 per 60 s on a
+/// socket). Under it every sentence is flushed on its own (fast first audio, a mark per
+/// sentence); over it, the engine lets the rest of a reply share one unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushBudget {
+    pub max: usize,
+    pub window: Duration,
+}
+
 /// The engine's end of a session. Cloning shares the session; dropping every clone closes it.
 #[derive(Clone)]
 pub struct TtsHandle {
     tx: mpsc::UnboundedSender<TtsCommand>,
     stats: Arc<TtsStats>,
+    budget: Option<(FlushBudget, Arc<std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>>)>,
 }
 
 impl std::fmt::Debug for TtsHandle {
@@ -174,9 +184,21 @@ impl std::fmt::Debug for TtsHandle {
 
 /// A handle and the command receiver behind it (for providers, and fakes in engine tests).
 pub fn command_channel() -> (TtsHandle, mpsc::UnboundedReceiver<TtsCommand>, Arc<TtsStats>) {
+    channel(None)
+}
+
+/// [`command_channel`] for a provider that limits flushes.
+pub fn command_channel_with_budget(
+    budget: FlushBudget,
+) -> (TtsHandle, mpsc::UnboundedReceiver<TtsCommand>, Arc<TtsStats>) {
+    channel(Some(budget))
+}
+
+fn channel(budget: Option<FlushBudget>) -> (TtsHandle, mpsc::UnboundedReceiver<TtsCommand>, Arc<TtsStats>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(TtsStats::default());
-    (TtsHandle { tx, stats: stats.clone() }, rx, stats)
+    let budget = budget.map(|b| (b, Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()))));
+    (TtsHandle { tx, stats: stats.clone(), budget }, rx, stats)
 }
 
 impl TtsHandle {
@@ -186,8 +208,29 @@ impl TtsHandle {
     }
 
     /// Marks the end of `reply`'s text: the provider synthesises the rest and reports `Flushed`.
+    /// Always sent; it counts against the provider's flush budget.
     pub fn flush(&self, reply: ReplyId) {
+        if let Some((_, sent)) = &self.budget {
+            sent.lock().unwrap_or_else(|p| p.into_inner()).push_back(std::time::Instant::now());
+        }
         let _ = self.tx.send(TtsCommand::Flush { reply });
+    }
+
+    /// Flushes `reply` if the provider's budget allows it now. `false` leaves the unit open:
+    /// append the following text to it and end it with [`Self::flush`].
+    pub fn try_flush(&self, reply: ReplyId) -> bool {
+        if let Some((budget, sent)) = &self.budget {
+            let now = std::time::Instant::now();
+            let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+            while sent.front().is_some_and(|t| now.duration_since(*t) > budget.window) {
+                sent.pop_front();
+            }
+            if sent.len() >= budget.max {
+                return false;
+            }
+        }
+        self.flush(reply);
+        true
     }
 
     /// Drops every reply in flight (barge-in). Their remaining audio is never delivered.

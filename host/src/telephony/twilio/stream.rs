@@ -1,6 +1,6 @@
 //! The Media Streams transport: one task per call that owns the socket, checks the stream token,
 //! decodes caller audio into 20 ms frames for the session, paces bot audio out, relays marks,
-//! DTMF and `clear`, and carries out hang-up and transfer through the REST API.
+//! DTMF and `clear`, and carries out hang-up and transfer through the call's [`CallControl`].
 //!
 //! It works over any `Stream` of [`WsIn`] and `Sink` of [`WsOut`], so tests drive it with
 //! channels and the server with an axum WebSocket.
@@ -15,11 +15,11 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::media::{parse_event, MediaChunk, OutboundEncoder, OutboundMessage, ProtocolError, StartInfo, StreamEvent};
 use super::playout::{Due, Playout};
-use super::rest::TwilioRest;
-use super::twiml::{Response, Verb};
 use crate::audio::mulaw;
+use crate::call::control::{CallControl, CallControls};
 use crate::call::events::{unix_ms, CallEvent, CallEvents};
 use crate::call::{CallInfo, CallInput, CallOutput, Direction, Outcome, SessionFactory, SessionIo, FRAME_SAMPLES};
+use crate::logs::LogThrottle;
 use crate::metrics::Metrics;
 use crate::telephony::stream_token::{StreamTokens, TokenError};
 
@@ -37,8 +37,8 @@ pub mod params {
     pub const CALL_SID: &str = "call_sid";
     pub const DIRECTION: &str = "direction";
     pub const PERSONA: &str = "persona";
-    /// The `direction` value of a browser playground stream: there is no phone call behind it,
-    /// so hang-up and transfer never go to Twilio's REST API.
+    /// The `direction` value of a browser playground stream (its own call control: no phone
+    /// call behind it).
     pub const PLAYGROUND: &str = "playground";
     /// Prefix of dial-out custom parameters, so they can't collide with ours.
     pub const CUSTOM_PREFIX: &str = "p.";
@@ -92,12 +92,15 @@ impl Default for StreamLimits {
 pub struct StreamContext {
     /// `None` disables token checks (only with `--insecure-skip-signature`).
     pub tokens: Option<Arc<StreamTokens>>,
-    pub rest: Option<TwilioRest>,
+    /// What hang-up and transfer mean for each kind of call.
+    pub controls: CallControls,
     pub sessions: Arc<dyn SessionFactory>,
     pub metrics: Arc<Metrics>,
     pub limits: StreamLimits,
     /// Where each call's start and end (and the session's events) are reported.
     pub events: Arc<CallEvents>,
+    /// Bad messages are logged at most once a second per kind, across all streams.
+    pub bad_message_log: LogThrottle,
 }
 
 /// Why a stream ended before a call started.
@@ -137,11 +140,12 @@ where
         return Err(reject(&mut outgoing, &ctx, e).await);
     }
     // The parameters are authenticated by the token, so a browser can't claim a phone call.
-    let playground = start.custom_parameters.get(params::DIRECTION).is_some_and(|d| d == params::PLAYGROUND);
-    let info = call_info(start, if playground { None } else { ctx.rest.as_ref() }).await;
-    let kind = if playground { params::PLAYGROUND } else { info.direction.as_str() };
+    let control = ctx.controls.for_direction(start.custom_parameters.get(params::DIRECTION).map(String::as_str));
+    let mut info = call_info(start);
+    control.complete_info(&mut info).await;
+    let kind = control.label(&info);
     let span = tracing::info_span!("call", call_sid = %info.call_sid, stream_sid = %info.stream_sid, direction = kind);
-    run_call(incoming, outgoing, ctx, info, bad, playground).instrument(span).await
+    run_call(incoming, outgoing, ctx, info, bad, control).instrument(span).await
 }
 
 async fn wait_for_start<I>(incoming: &mut I, ctx: &StreamContext, bad: &mut u32) -> Result<StartInfo, StreamError>
@@ -193,9 +197,8 @@ async fn reject<O: Sink<WsOut> + Unpin>(outgoing: &mut O, ctx: &StreamContext, e
     err
 }
 
-/// Builds the call's info from the (authenticated) stream parameters, asking Twilio for the
-/// numbers when the parameters lack them.
-async fn call_info(start: StartInfo, rest: Option<&TwilioRest>) -> CallInfo {
+/// Builds the call's info from the (authenticated) stream parameters.
+fn call_info(start: StartInfo) -> CallInfo {
     let p = &start.custom_parameters;
     let get = |k: &str| p.get(k).cloned().unwrap_or_default();
     let direction = if get(params::DIRECTION) == "outbound" { Direction::Outbound } else { Direction::Inbound };
@@ -203,7 +206,7 @@ async fn call_info(start: StartInfo, rest: Option<&TwilioRest>) -> CallInfo {
         .iter()
         .filter_map(|(k, v)| k.strip_prefix(params::CUSTOM_PREFIX).map(|name| (name.to_string(), v.clone())))
         .collect();
-    let mut info = CallInfo {
+    CallInfo {
         call_sid: start.call_sid.clone(),
         stream_sid: start.stream_sid.clone(),
         account_sid: start.account_sid.clone(),
@@ -212,26 +215,13 @@ async fn call_info(start: StartInfo, rest: Option<&TwilioRest>) -> CallInfo {
         to: get(params::TO),
         persona: p.get(params::PERSONA).filter(|s| !s.is_empty()).cloned(),
         parameters,
-    };
-    if info.from.is_empty() || info.to.is_empty() {
-        if let Some(rest) = rest {
-            match rest.fetch_call(&info.call_sid).await {
-                Ok(call) => {
-                    info.from = call.from;
-                    info.to = call.to;
-                }
-                Err(e) => warn!(call_sid = %info.call_sid, error = %e, "could not fetch caller info"),
-            }
-        }
     }
-    info
 }
 
 /// Per-call transport state.
 struct Transport {
     ctx: Arc<StreamContext>,
     stream_sid: String,
-    call_sid: String,
     started: Instant,
     playout: Playout,
     encoder: OutboundEncoder,
@@ -242,8 +232,8 @@ struct Transport {
     frame_fill: usize,
     frame_start_ms: u64,
     bad: u32,
-    /// A browser playground stream: no Twilio call to hang up or transfer.
-    playground: bool,
+    info: CallInfo,
+    control: Arc<dyn CallControl>,
 }
 
 async fn run_call<I, O>(
@@ -252,7 +242,7 @@ async fn run_call<I, O>(
     ctx: Arc<StreamContext>,
     info: CallInfo,
     bad: u32,
-    playground: bool,
+    control: Arc<dyn CallControl>,
 ) -> Result<Outcome, StreamError>
 where
     I: Stream<Item = WsIn> + Unpin,
@@ -263,7 +253,7 @@ where
     let (in_tx, in_rx) = mpsc::channel(256);
     let (out_tx, mut out_rx) = mpsc::channel(256);
     let events = ctx.events.open(&info.call_sid);
-    events.started(&info, if playground { params::PLAYGROUND } else { info.direction.as_str() });
+    events.started(&info, control.label(&info));
     let io = SessionIo { input: in_rx, output: out_tx, events: events.clone() };
     let session = tokio::spawn(ctx.sessions.start(info.clone(), io).in_current_span());
     let mut session = std::pin::pin!(session);
@@ -271,7 +261,6 @@ where
         playout: Playout::new(ctx.limits.playout_lead),
         ctx: ctx.clone(),
         stream_sid: info.stream_sid.clone(),
-        call_sid: info.call_sid.clone(),
         started: Instant::now(),
         encoder: OutboundEncoder::default(),
         to_session: in_tx,
@@ -281,7 +270,8 @@ where
         frame_fill: 0,
         frame_start_ms: 0,
         bad,
-        playground,
+        info: info.clone(),
+        control: control.clone(),
     };
     let mut session_done = false;
     let mut last_inbound = Instant::now();
@@ -363,8 +353,8 @@ where
             session.abort();
         }
     }
-    // A browser learns how the call ended from the close reason; Twilio gets none, as before.
-    let reason = if playground { outcome.label().to_string() } else { String::new() };
+    // A browser learns how the call ended from the close reason; Twilio gets none.
+    let reason = control.close_reason(&outcome);
     let _ = tokio::time::timeout(WRITE_TIMEOUT, outgoing.send(WsOut::Close { code: 1000, reason })).await;
     ctx.metrics.calls_active.dec();
     Metrics::inc(&ctx.metrics.calls_total, "outcome", outcome.label());
@@ -401,7 +391,7 @@ impl Transport {
         match event {
             StreamEvent::Media { media, .. } => self.on_media(&media)?,
             StreamEvent::Dtmf { digit, .. } => {
-                if digit.len() == 1 && digit.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c)) {
+                if digit.len() == 1 && crate::call::ids::is_dtmf(&digit) {
                     debug!(digit = %digit, "dtmf");
                     self.forward(CallInput::Dtmf(digit));
                 } else {
@@ -486,30 +476,11 @@ impl Transport {
     }
 
     async fn hang_up(&self, reason: &str) {
-        info!(reason, "hanging up");
-        if self.playground {
-            return; // closing the socket ends a browser call
-        }
-        let Some(rest) = &self.ctx.rest else { return };
-        if let Err(e) = rest.end_call(&self.call_sid).await {
-            Metrics::inc(&self.ctx.metrics.twilio_rest_errors, "operation", "end_call");
-            warn!(error = %e, code = ?e.twilio_code(), "hang-up via REST failed");
-        }
+        self.control.hang_up(&self.info, reason).await;
     }
 
     async fn transfer(&self, to: &str) {
-        info!(to, "transferring");
-        if self.playground {
-            // The page hears about it from the call's `ended` event (outcome `transferred`).
-            warn!(to, "a browser call can't be transferred to a phone number: ending it instead");
-            return;
-        }
-        let Some(rest) = &self.ctx.rest else { return };
-        let twiml = Response::new().verb(Verb::Dial { number: to.to_string(), caller_id: None }).to_xml();
-        if let Err(e) = rest.update_twiml(&self.call_sid, &twiml).await {
-            Metrics::inc(&self.ctx.metrics.twilio_rest_errors, "operation", "transfer");
-            warn!(error = %e, code = ?e.twilio_code(), "transfer via REST failed");
-        }
+        self.control.transfer(&self.info, to).await;
     }
 }
 
@@ -533,12 +504,15 @@ fn error_kind(e: &ProtocolError) -> &'static str {
 fn count_bad(ctx: &StreamContext, bad: &mut u32, kind: &'static str, detail: &str) -> Result<(), StreamError> {
     Metrics::inc(&ctx.metrics.stream_messages_rejected, "kind", kind);
     *bad += 1;
-    // Log the first few in full, then only every 100th, so a flood can't flood the logs too.
-    if *bad <= 5 || bad.is_multiple_of(100) {
-        warn!(kind, detail, count = *bad, "bad media stream message");
+    // A flood of bad messages must not flood the logs too.
+    if let Some(suppressed) = ctx.bad_message_log.allow(kind) {
+        warn!(kind, detail, count = *bad, suppressed, "bad media stream message");
     }
     if *bad > ctx.limits.max_bad_messages {
         return Err(StreamError::TooManyBadMessages);
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine as _;
 use serde_json::{json, Value};
-use switchboard::sim::{self, CallPlan, CallReport, CallerAudio, Direction, DtmfEvent, WebhookMethod};
+use switchboard::sim::{self, CallPlan, CallReport, CallerAudio, DtmfEvent, TwilioDirection, WebhookMethod};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -375,7 +375,7 @@ fn spawn_answer(shared: Arc<Shared>, answer: Answer, call: FakeCall, method: Web
         plan.call_sid = call.sid.clone();
         plan.from = call.from.clone();
         plan.to = call.to.clone();
-        plan.direction = Direction::OutboundApi;
+        plan.direction = TwilioDirection::OutboundApi;
         if let Some(h) = answer.hangup_after {
             plan.hangup_after = h;
         }

@@ -2,17 +2,18 @@
 //! engine's. Values from a plugin are checked here: anything out of range falls back to the
 //! host's default with a warning, never reaching the engine.
 //!
-//! A later `@0.2.0` gets its own module beside this one (see `wit/README.md`).
+//! A later `@0.2.0` gets its own module beside this one (see [`super`]).
 
 use std::time::Duration;
 
 use crate::audio::turn::TurnParams;
 use crate::audio::vad::VadParams;
-use crate::call::persona::{
+use crate::call::ids::{is_dtmf, is_e164};
+use crate::call::{CallInfo, Direction, Outcome};
+use crate::persona::{
     Action, CallSummary, Greeting, IdlePolicy, PersonaSetup, ToolOutcome, ToolSpec, TurnTaking, DEFAULT_LLM_MODEL,
     DEFAULT_VOICE,
 };
-use crate::call::{CallInfo, Direction};
 
 wasmtime::component::bindgen!({
     world: "persona",
@@ -54,7 +55,8 @@ pub(crate) fn call_info(info: &CallInfo) -> wit::CallInfo {
 pub(crate) fn summary(s: &CallSummary) -> wit::CallSummary {
     wit::CallSummary {
         duration_ms: u64::try_from(s.duration.as_millis()).unwrap_or(u64::MAX),
-        outcome: s.outcome.clone(),
+        // 0.1 documents two values.
+        outcome: if s.outcome == Outcome::CallerHungUp { "caller_hung_up" } else { "bot_ended" }.to_string(),
         transcript: s
             .transcript
             .iter()
@@ -145,7 +147,7 @@ pub(crate) fn action(a: wit::Action, warn: &mut Warnings) -> Action {
         wit::Action::None => Action::None,
         wit::Action::Say(t) => Action::Say(cap_text(t, warn)),
         wit::Action::Prompt(t) => Action::Prompt(t),
-        wit::Action::Transfer(to) if is_phone_number(&to) => Action::Transfer(to),
+        wit::Action::Transfer(to) if is_e164(&to) => Action::Transfer(to),
         wit::Action::Transfer(to) => {
             warn.push(format!("transfer to {to:?} ignored: not an E.164 number"));
             Action::None
@@ -161,16 +163,6 @@ pub(crate) fn action(a: wit::Action, warn: &mut Warnings) -> Action {
 
 pub(crate) fn tool_result(r: Result<wit::ToolResult, String>, warn: &mut Warnings) -> Result<ToolOutcome, String> {
     r.map(|r| ToolOutcome { content: r.content, then: action(r.then, warn) })
-}
-
-/// E.164: `+` and 2 to 15 digits, the first not 0.
-pub(crate) fn is_phone_number(s: &str) -> bool {
-    s.strip_prefix('+')
-        .is_some_and(|d| (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0'))
-}
-
-fn is_dtmf(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c))
 }
 
 fn cap_text(mut t: String, warn: &mut Warnings) -> String {

@@ -19,9 +19,9 @@ use super::ctx::{Ctx, CtxParts, Tag};
 use super::kv::KvStore;
 use super::routes::Grants;
 use super::runtime::{ticks, Compiled, Runtime};
-use crate::call::persona::{Action, BuiltinPersona, CallSummary, HookFuture, Persona, PersonaSetup, ToolOutcome};
 use crate::call::CallInfo;
 use crate::metrics::Metrics;
+use crate::persona::{Action, BuiltinPersona, CallSummary, HookFuture, Persona, PersonaSetup, ToolOutcome};
 
 /// The persona a call was routed to, as loaded when the call started.
 #[derive(Clone)]
@@ -271,13 +271,12 @@ impl WasmPersona {
 }
 
 impl Persona for WasmPersona {
-    fn identity(&self) -> crate::call::persona::PersonaIdentity {
+    fn identity(&self) -> crate::persona::PersonaIdentity {
         match &self.selected {
-            Some(s) => crate::call::persona::PersonaIdentity {
-                name: s.name.to_string(),
-                version: Some(s.compiled.hash.clone()),
-            },
-            None => crate::call::persona::PersonaIdentity::builtin(),
+            Some(s) => {
+                crate::persona::PersonaIdentity { name: s.name.to_string(), version: Some(s.compiled.hash.clone()) }
+            }
+            None => crate::persona::PersonaIdentity::builtin(),
         }
     }
 

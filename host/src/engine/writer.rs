@@ -5,40 +5,15 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::audio::record::CallRecorder;
+use crate::call::transcript::TranscriptLine;
 use crate::call::FRAME_SAMPLES;
-
-/// One line of the transcript.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TranscriptLine {
-    pub role: &'static str,
-    pub text: String,
-    /// Milliseconds since the stream started.
-    pub start_ms: u64,
-    pub end_ms: u64,
-    pub interrupted: bool,
-    /// Per-turn latencies in milliseconds (assistant lines), when measured.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency: Option<TurnLatency>,
-}
-
-/// What one reply cost, in milliseconds.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct TurnLatency {
-    pub stt_final_ms: Option<f64>,
-    /// Speech end → the turn was judged over and the reply requested (VAD stop window, Smart
-    /// Turn, waiting for the final transcript).
-    pub endpoint_ms: Option<f64>,
-    pub llm_first_token_ms: Option<f64>,
-    pub tts_first_byte_ms: Option<f64>,
-    pub voice_to_voice_ms: Option<f64>,
-}
+use crate::logs::LogThrottle;
 
 enum Cmd {
     Caller { ts_ms: u64, pcm: [i16; FRAME_SAMPLES] },
@@ -52,6 +27,7 @@ enum Cmd {
 pub struct CallWriter {
     tx: mpsc::Sender<Cmd>,
     dropped: u64,
+    log: LogThrottle,
     pub recording_path: Option<PathBuf>,
     pub transcript_path: PathBuf,
     done: Option<tokio::task::JoinHandle<()>>,
@@ -88,14 +64,21 @@ impl CallWriter {
         // ~10 s of audio in flight before frames are dropped.
         let (tx, rx) = mpsc::channel(1024);
         let done = tokio::task::spawn_blocking(move || run(rx, recorder, transcript));
-        Ok(Self { tx, dropped: 0, recording_path, transcript_path, done: Some(done) })
+        Ok(Self {
+            tx,
+            dropped: 0,
+            log: LogThrottle::new(Duration::from_secs(5)),
+            recording_path,
+            transcript_path,
+            done: Some(done),
+        })
     }
 
     fn send(&mut self, cmd: Cmd) {
         if self.tx.try_send(cmd).is_err() {
             self.dropped += 1;
-            if self.dropped == 1 || self.dropped.is_multiple_of(500) {
-                warn!(dropped = self.dropped, "call writer behind; dropping");
+            if let Some(suppressed) = self.log.allow("behind") {
+                warn!(dropped = self.dropped, suppressed, "call writer behind; dropping");
             }
         }
     }

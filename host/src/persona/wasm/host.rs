@@ -16,9 +16,9 @@ use super::plugin::{Selected, WasmPersona};
 use super::routes::{is_persona_name, Routes, ROUTES_FILE};
 use super::runtime::{Compiled, Runtime, RuntimeConfig};
 use super::watch::Watcher;
-use crate::call::persona::{Persona, PersonaProvider};
 use crate::call::CallInfo;
 use crate::metrics::Metrics;
+use crate::persona::{Persona, PersonaProvider};
 
 /// Where the compiled-code cache goes unless configured: inside the personas directory.
 pub const DEFAULT_CACHE_SUBDIR: &str = ".cache";

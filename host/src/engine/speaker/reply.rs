@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use crate::call::CallOutput;
 use crate::services::tts::ReplyId;
 
 /// What happens once the caller has heard the whole reply.
@@ -11,6 +12,15 @@ pub enum After {
     Listen,
     HangUp(String),
     Transfer(String),
+}
+
+/// How a reply reaches the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// Audio and marks go to the transport as they are made.
+    Live,
+    /// A speculative reply: what it would send is kept until the turn is confirmed.
+    Held(Vec<CallOutput>),
 }
 
 /// One sentence on its way to the caller.
@@ -37,8 +47,8 @@ pub struct Reply {
     pub stt_final_ms: Option<f64>,
     /// When the caller's turn was judged over (for a speculative reply, later than the request).
     pub turn_ended: Option<Instant>,
-    /// A speculative reply: what it would send to the caller, kept until the turn is confirmed.
-    pub held: Option<Vec<crate::call::CallOutput>>,
+    /// Whether the caller hears it as it is made, or it is held until the turn is confirmed.
+    pub delivery: Delivery,
     /// Tool calls a speculative reply asked for; run only once the turn is confirmed.
     pub parked_tools: Option<Vec<crate::services::llm::ToolCall>>,
     pub llm_first_token: Option<Instant>,
@@ -68,7 +78,7 @@ impl Reply {
             llm_requested: None,
             stt_final_ms: None,
             turn_ended: None,
-            held: None,
+            delivery: Delivery::Live,
             parked_tools: None,
             llm_first_token: None,
             first_audio_sent: None,
@@ -97,6 +107,11 @@ impl Reply {
 
     pub fn full_text(&self) -> String {
         join(self.utterances.iter().map(|u| u.text.as_str()))
+    }
+
+    /// A speculative reply not yet confirmed.
+    pub fn is_held(&self) -> bool {
+        matches!(self.delivery, Delivery::Held(_))
     }
 
     /// May the caller cut this reply short? Goodbyes and transfer announcements play out.

@@ -1,23 +1,24 @@
-//! Builds the shared engines and provider clients from the configuration, once per process.
+//! The composition root: the one place that reads the configuration and names the concrete
+//! providers (Deepgram, Groq) and persona sources, and wires them into the engine.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::{Conversation, ConversationDeps};
 use crate::audio::models::ModelPaths;
 use crate::audio::turn::{SmartTurnConfig, SmartTurnEngine};
 use crate::audio::vad::{VadEngine, VadEngineConfig};
-use crate::call::persona::PersonaProvider;
 use crate::config::Config;
+use crate::engine::{Conversation, EngineDeps};
 use crate::metrics::Metrics;
+use crate::persona::{BuiltinProvider, PersonaProvider, PluginHost, PluginHostConfig};
 use crate::services::llm::openai_compat::{OpenAiCompat, OpenAiCompatConfig};
 use crate::services::stt::deepgram::{DeepgramStt, DeepgramSttConfig};
 use crate::services::tts::deepgram::{DeepgramTts, DeepgramTtsConfig};
 
 /// Loads the models (one shared Silero and one Smart Turn session for every call) and the
 /// provider clients. Fails with the missing file's name and the fix when a model is absent.
-pub fn build(
+pub fn conversation(
     config: &Config,
     models: &ModelPaths,
     personas: Arc<dyn PersonaProvider>,
@@ -33,7 +34,7 @@ pub fn build(
     let stt = DeepgramStt::new(DeepgramSttConfig::new(config.deepgram_base_url.clone(), deepgram_key.clone()));
     let tts = DeepgramTts::new(DeepgramTtsConfig::new(config.deepgram_base_url.clone(), deepgram_key))
         .context("TTS client")?;
-    Ok(Conversation::new(ConversationDeps {
+    Ok(Conversation::new(EngineDeps {
         vad: Arc::new(vad),
         // The worker thread lives as long as any handle; the engine itself can go.
         smart_turn: smart_turn.handle(),
@@ -44,4 +45,18 @@ pub fn build(
         metrics,
         recordings_dir: config.recordings_dir.clone(),
     }))
+}
+
+/// Persona plugins from `PERSONAS_DIR` when that directory exists, else the built-in persona.
+pub async fn personas(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn PersonaProvider>> {
+    if !config.personas_dir.is_dir() {
+        tracing::info!(dir = %config.personas_dir.display(), "no personas directory: every call gets the built-in persona");
+        return Ok(Arc::new(BuiltinProvider));
+    }
+    let cfg = PluginHostConfig::new(config.personas_dir.clone());
+    let host = tokio::task::spawn_blocking(move || PluginHost::start(cfg, metrics))
+        .await
+        .context("starting the plugin host")?
+        .context("starting the plugin host")?;
+    Ok(host)
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tracing::info;
 
-use super::{CallInfo, CallInput, CallOutput, SessionFactory, SessionFuture, SessionIo, FRAME_SAMPLES};
 use crate::audio::mulaw;
+use crate::call::{CallInfo, CallInput, CallOutput, SessionFactory, SessionFuture, SessionIo, FRAME_SAMPLES};
 
 /// Frames above this level count as speech (dBFS of the frame RMS).
 const SPEECH_DBFS: f64 = -40.0;

@@ -8,6 +8,12 @@
 //! samples. rubato's default window (squared Blackman–Harris) would need 20 ms blocks and 10 ms of
 //! delay per stage to stay flat to 3.4 kHz.
 
+mod segment;
+mod soxr;
+
+pub use segment::{ResamplerKind, SegmentResampler};
+pub use soxr::SoxrError;
+
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler, WindowFunction};
 use thiserror::Error;
@@ -43,6 +49,12 @@ pub enum ResampleError {
     /// rubato failed while processing.
     #[error("resampling: {0}")]
     Process(#[from] rubato::ResampleError),
+    /// The system's libsoxr failed.
+    #[error(transparent)]
+    Soxr(#[from] SoxrError),
+    /// A one-shot segment resample failed.
+    #[error("resampling a segment: {0}")]
+    Segment(String),
 }
 
 /// Samples per 10 ms at `rate_hz` (the streaming resampler's FFT block).

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::bindings::is_phone_number;
 use super::http::{AllowedHost, AllowlistError};
-use crate::call::persona::BUILTIN_NAME;
+use crate::call::ids::is_e164;
 use crate::call::{CallInfo, Direction};
+use crate::persona::BUILTIN_NAME;
 
 /// The file name inside `PERSONAS_DIR`.
 pub const ROUTES_FILE: &str = "routes.toml";
@@ -143,7 +143,7 @@ impl Routes {
             routes.default = Some(d);
         }
         for (number, name) in file.routes {
-            if !is_phone_number(&number) {
+            if !is_e164(&number) {
                 return Err(RoutesError::Number(number));
             }
             check_name(&name)?;

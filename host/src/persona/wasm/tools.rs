@@ -12,9 +12,9 @@ use super::kv::KvStore;
 use super::plugin::{Selected, WasmPersona};
 use super::routes::{is_persona_name, Routes};
 use super::runtime::{LoadError, Runtime, RuntimeConfig};
-use crate::call::persona::{Greeting, Persona, PersonaSetup};
 use crate::call::{CallInfo, Direction};
 use crate::metrics::Metrics;
+use crate::persona::{Greeting, Persona, PersonaSetup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -122,7 +122,12 @@ fn sample_calls(persona: &str) -> [CallInfo; 2] {
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}: {} bytes, sha256 {}", self.file.display(), self.bytes, self.sha256)?;
-        writeln!(f, "matches switchboard:persona@0.1.0 (compiled in {:.0} ms)", self.compile_time.as_secs_f64() * 1e3)?;
+        writeln!(
+            f,
+            "matches switchboard:persona@{} (compiled in {:.0} ms)",
+            super::bindings::VERSIONS[0],
+            self.compile_time.as_secs_f64() * 1e3
+        )?;
         writeln!(f, "imports:")?;
         for i in &self.imports {
             writeln!(f, "  {i}")?;
