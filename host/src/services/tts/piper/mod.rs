@@ -154,7 +154,8 @@ impl std::fmt::Debug for PiperTts {
 
 impl PiperTts {
     /// Loads the configured voices (checksums, config, ONNX session, espeak-ng voice) and starts
-    /// the workers. Takes about a second per voice.
+    /// the workers. Blocks for about a second per voice: call it at startup (or in
+    /// `spawn_blocking`), not on the reactor.
     pub fn open(config: PiperConfig) -> Result<PiperTts, PiperError> {
         if config.voices.is_empty() {
             return Err(PiperError::NoVoice);

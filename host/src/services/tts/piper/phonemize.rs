@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -259,7 +259,7 @@ fn voice_listed(listing: &str, voice: &str) -> bool {
 
 /// `espeak-ng` on `PATH`.
 pub(crate) fn default_program() -> PathBuf {
-    Path::new("espeak-ng").to_path_buf()
+    PathBuf::from("espeak-ng")
 }
 
 #[cfg(test)]
@@ -278,10 +278,14 @@ mod tests {
     #[test]
     fn a_known_sentence_gives_piper_style_ipa_with_pauses() {
         let mut p = Phonemizer::new(config());
-        assert_eq!(say(&mut p, "Hello there, how are you today?"), ["həlˈoʊ ðˈɛɹ, hˌaʊ ɑːɹ juː tədˈeɪ?"]);
+        let clauses = [
+            Clause { text: "Hello there".into(), pause: Some(Pause::Comma) },
+            Clause { text: "how are you today".into(), pause: Some(Pause::Question) },
+        ];
+        assert_eq!(p.phonemize("en-us", &clauses).unwrap(), "həlˈoʊ ðˈɛɹ, hˌaʊ ɑːɹ juː tədˈeɪ?");
         assert_eq!(say(&mut p, "The quick brown fox."), ["ðə kwˈɪk bɹˈaʊn fˈɑːks."]);
         // Numbers are read out; the abbreviation espeak splits off stays inside one clause.
-        assert_eq!(say(&mut p, "Dr. Smith has 42 cats; fine!"), ["dˈɑːktɚ smˈɪθ hɐz fˈoːɹɾi tˈuː kˈæts; fˈaɪn!"]);
+        assert_eq!(say(&mut p, "Dr. Smith has 42 cats; fine!"), ["dˈɑːktɚ smˈɪθ hɐz fˈoːɹɾi tˈuː kˈæts;", "fˈaɪn!"]);
     }
 
     #[test]
@@ -290,9 +294,9 @@ mod tests {
         // Unsanitised, `[[h@loU]]` would be taken as phonemes; here the brackets are gone
         // and the sentinel can't be forged, so every clause still gets its own answer.
         let got = say(&mut p, "[[?????]] one, [[h@'loU]] two. <speak>three</speak>");
-        assert_eq!(got.len(), 2);
-        assert!(got[0].starts_with("wˈʌn,") && !got[0].contains("ʔʔʔ"), "{got:?}");
-        assert!(got[1].contains("θɹˈiː"), "{got:?}");
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[0].starts_with("wˈʌn,") && !got.concat().contains("ʔʔʔ"), "{got:?}");
+        assert!(got[1].ends_with("tˈuː.") && got[2].contains("θɹˈiː"), "{got:?}");
         // The process is still in step afterwards.
         assert_eq!(say(&mut p, "Yes."), ["jˈɛs."]);
     }
@@ -312,8 +316,8 @@ mod tests {
     fn non_ascii_text_is_phonemized_without_error() {
         let mut p = Phonemizer::new(config());
         let got = say(&mut p, "Grüße aus Zürich, café 🎉 日本");
-        assert_eq!(got.len(), 1);
-        assert!(!got[0].is_empty());
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|g| !g.is_empty()), "{got:?}");
     }
 
     #[test]

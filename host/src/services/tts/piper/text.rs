@@ -3,8 +3,8 @@
 //!
 //! Piper voices speak one sentence per inference, with a pause symbol after every clause. Each
 //! chunk here is one sentence, or a run of its clauses when the sentence is long, so one
-//! inference stays short: the first audio of a reply comes sooner and a cleared chunk never
-//! holds a worker for long.
+//! inference stays short: a cleared chunk never holds a worker for long. The text's first clause
+//! is always a chunk of its own, so the first audio comes after one clause's inference.
 
 /// Longest chunk in characters (about 20 words, 6–7 s of speech, under a second of one core).
 pub(crate) const MAX_CHUNK_CHARS: usize = 120;
@@ -59,9 +59,11 @@ pub(crate) fn chunks(text: &str) -> Vec<Chunk> {
     let clean = sanitize(text);
     let mut out = Vec::new();
     for sentence in sentences(&clean) {
+        let clauses: Vec<Clause> = sentence.into_iter().flat_map(split_long).collect();
+        let count = clauses.len();
         let mut current: Vec<Clause> = Vec::new();
         let mut current_len = 0;
-        for clause in sentence.into_iter().flat_map(split_long) {
+        for (i, clause) in clauses.into_iter().enumerate() {
             let len = clause.text.chars().count() + 1;
             if !current.is_empty() && current_len + len > MAX_CHUNK_CHARS {
                 out.push(Chunk { clauses: std::mem::take(&mut current) });
@@ -69,6 +71,12 @@ pub(crate) fn chunks(text: &str) -> Vec<Chunk> {
             }
             current_len += len;
             current.push(clause);
+            // The text's first clause is a chunk of its own: the first audio waits for one
+            // clause's inference, not the whole sentence's.
+            if out.is_empty() && i == 0 && count > 1 {
+                out.push(Chunk { clauses: std::mem::take(&mut current) });
+                current_len = 0;
+            }
         }
         if !current.is_empty() {
             out.push(Chunk { clauses: current });
@@ -197,8 +205,8 @@ fn break_at(chars: &[char], start: usize, i: usize) -> Option<(Pause, usize, boo
 
 /// Whether the last word before a period is an abbreviation or an initial ("J. Smith").
 fn is_abbreviation(before: &[char]) -> bool {
-    let word: String = before.iter().rev().take_while(|c| **c != ' ').collect::<Vec<_>>().into_iter().rev().collect();
-    let word = word.trim_start_matches(['(', '"', '\'']).to_lowercase();
+    let text: String = before.iter().collect();
+    let word = text.rsplit(' ').next().unwrap_or_default().trim_start_matches(['(', '"', '\'']).to_lowercase();
     let mut letters = word.chars();
     let initial = matches!((letters.next(), letters.next()), (Some(c), None) if c.is_alphabetic());
     initial || ABBREVIATIONS.contains(&word.as_str())
@@ -276,7 +284,9 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                vec![clause("Hello there", Some(Pause::Comma)), clause("how are you", Some(Pause::Question))],
+                // The first clause goes alone, for the first audio's sake.
+                vec![clause("Hello there", Some(Pause::Comma))],
+                vec![clause("how are you", Some(Pause::Question))],
                 vec![
                     clause("I'm fine", Some(Pause::Colon)),
                     clause("thanks", Some(Pause::Semicolon)),
@@ -295,7 +305,8 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                vec![clause("It costs 3.5 dollars", Some(Pause::Comma)), clause("or 1,000 cents", Some(Pause::Period))],
+                vec![clause("It costs 3.5 dollars", Some(Pause::Comma))],
+                vec![clause("or 1,000 cents", Some(Pause::Period))],
                 vec![
                     clause("J. R. Smith said", Some(Pause::Comma)),
                     clause("well", Some(Pause::Comma)),
@@ -371,7 +382,10 @@ mod tests {
         let got = chunks(text);
         assert_eq!(got.len(), 2, "{:?}", texts(&got));
         assert!(got.iter().all(|c| c.chars() <= MAX_CHUNK_CHARS));
-        assert_eq!(got[0].clauses.len(), 2);
+        assert_eq!((got[0].clauses.len(), got[1].clauses.len()), (1, 3));
         assert_eq!(got[1].clauses.last().map(|c| c.pause), Some(Some(Pause::Period)));
+        // Later sentences are grouped up to the limit, with no first-clause cut.
+        let later = chunks(&format!("Yes. {text}"));
+        assert_eq!(later.iter().map(|c| c.clauses.len()).collect::<Vec<_>>(), [1, 2, 2]);
     }
 }
