@@ -22,6 +22,8 @@ fi
 
 # ONNX Runtime library and the Silero / Smart Turn models (pinned, checksummed).
 bash models/fetch.sh
+# The local text-to-speech voice (Piper en_US-joe-medium) in models/local (pinned, checksummed).
+bash models/fetch-piper.sh
 
 # The Python reference (Pipecat 1.14's model code) the parity tests compare against.
 bash host/tests/parity/setup_venv.sh

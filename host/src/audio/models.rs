@@ -150,7 +150,7 @@ fn check_file(what: &'static str, path: &Path, verify: bool) -> Result<(), Model
     Ok(())
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -195,10 +195,20 @@ pub fn ort_environment(paths: &ModelPaths) -> Result<Environment, ModelError> {
 /// idle pools don't burn the two cores) and all graph optimisations (the int8 Smart Turn
 /// model needs level 2+ for its QDQ fusions to be fast).
 pub(crate) fn open_session(paths: &ModelPaths, model: Model, intra_threads: usize) -> Result<Session, ModelError> {
+    open_session_at(paths, model.what(), paths.model(model), intra_threads)
+}
+
+/// [`open_session`] for a model file of another component (`what` names it in errors): the
+/// library comes from `paths`, the file is checked only to exist unless it has a pinned name.
+pub(crate) fn open_session_at(
+    paths: &ModelPaths,
+    what: &'static str,
+    path: &Path,
+    intra_threads: usize,
+) -> Result<Session, ModelError> {
     let env = ort_environment(paths)?;
-    let path = paths.model(model);
-    check_file(model.what(), path, paths.verify_checksums)?;
-    let session_err = |message: String| ModelError::Session { what: model.what(), path: path.to_path_buf(), message };
+    check_file(what, path, paths.verify_checksums)?;
+    let session_err = |message: String| ModelError::Session { what, path: path.to_path_buf(), message };
     Session::builder(&env)
         .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
         .and_then(|b| Ok(b.with_intra_threads(intra_threads.max(1))?))

@@ -8,6 +8,7 @@
 //! never delivered. [`TextToSpeech::synthesize`] is the one-shot fallback for a retry.
 
 pub mod deepgram;
+pub mod piper;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,6 +107,9 @@ pub enum TtsError {
     Network(String),
     #[error("text-to-speech configuration: {0}")]
     Config(String),
+    /// A local synthesis failed (phonemizer or model).
+    #[error("text-to-speech synthesis failed: {0}")]
+    Synthesis(String),
 }
 
 impl TtsError {
@@ -119,6 +123,7 @@ impl TtsError {
             TtsError::Closed { code: 1011, .. } => ErrorKind::Server,
             TtsError::Closed { .. } | TtsError::Network(_) => ErrorKind::Network,
             TtsError::Config(_) => ErrorKind::BadRequest,
+            TtsError::Synthesis(_) => ErrorKind::Server,
         }
     }
 
