@@ -22,6 +22,8 @@ fi
 
 # ONNX Runtime library and the Silero / Smart Turn models (pinned, checksummed).
 bash models/fetch.sh
+# The local speech-to-text model (Moonshine base, English; pinned, checksummed).
+bash models/fetch-stt.sh
 
 # The Python reference (Pipecat 1.14's model code) the parity tests compare against.
 bash host/tests/parity/setup_venv.sh
