@@ -16,13 +16,14 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ort::environment::Environment;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
+use super::cancel::CancelToken;
 use super::onnx_graph;
 use super::tokenizer::{Tokenizer, TokenizerError, BOS, EOS};
 use crate::audio::models::{ort_environment_at, sha256_file, ModelError};
@@ -254,7 +255,14 @@ impl MoonshineModel {
     }
 
     /// Transcribes 16 kHz mono audio (±1.0). `None` when `cancel` was set before the end.
-    pub fn transcribe(&mut self, audio: &[f32], cancel: &AtomicBool) -> Result<Option<Recognized>, MoonshineError> {
+    pub fn transcribe(&mut self, audio: &[f32], cancel: &CancelToken) -> Result<Option<Recognized>, MoonshineError> {
+        match self.decode(audio, cancel) {
+            Err(_) | Ok(None) if cancel.is_cancelled() => Ok(None),
+            result => result,
+        }
+    }
+
+    fn decode(&mut self, audio: &[f32], cancel: &CancelToken) -> Result<Option<Recognized>, MoonshineError> {
         let secs = audio.len() as f64 / f64::from(SAMPLE_RATE);
         if secs > MAX_SECS {
             return Err(MoonshineError::TooLong { secs });
@@ -264,9 +272,10 @@ impl MoonshineModel {
             input.resize(MIN_SAMPLES, 0.0);
         }
         let samples = input.len();
+        let run = cancel.run_options()?;
         let encoded = {
-            let outputs =
-                self.encoder.run(ort::inputs!["input_values" => Tensor::from_array(([1usize, samples], input))?])?;
+            let input = Tensor::from_array(([1usize, samples], input))?;
+            let outputs = self.encoder.run_with_options(ort::inputs!["input_values" => input], &run)?;
             let (shape, data) = outputs["last_hidden_state"].try_extract_tensor::<f32>()?;
             let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
             Tensor::from_array((shape, data.to_vec()))?
@@ -281,7 +290,7 @@ impl MoonshineModel {
         let mut last = BOS;
         let mut stop = Stop::TokenLimit;
         for step in 0..=max_tokens {
-            if cancel.load(Ordering::Relaxed) {
+            if cancel.is_cancelled() {
                 return Ok(None);
             }
             let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(cache.len() + 3);
@@ -291,7 +300,7 @@ impl MoonshineModel {
                 inputs.push((name.as_str().into(), value.into()));
             }
             inputs.push(("use_cache_branch".into(), Tensor::from_array(([1usize], vec![step > 0]))?.into()));
-            let mut outputs = self.decoder.run(inputs)?;
+            let mut outputs = self.decoder.run_with_options(inputs, &run)?;
             let (token, prob) = {
                 let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
                 let vocab = logits.len().min(32_768);

@@ -2,10 +2,9 @@
 //! segments the model handles well, transcribe each on the shared workers, join the text.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
+use super::cancel::CancelToken;
 use super::speech::{cut_window, quietest_cut};
 use super::worker::{Job, Pool, Priority, Refused};
 use super::{LocalSttConfig, LocalSttError};
@@ -78,7 +77,7 @@ fn transcribe_one(pool: &Pool, audio: Vec<f32>, rate_hz: u32) -> Result<String, 
     let mut job = Job {
         audio,
         rate_hz,
-        cancel: Arc::new(AtomicBool::new(false)),
+        cancel: CancelToken::new(),
         reply: Box::new(move |r| {
             let _ = tx.send(r);
         }),

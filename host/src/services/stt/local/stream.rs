@@ -8,14 +8,14 @@
 //! buffer is cut is cancelled and its text dropped: the final covers that audio now.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
-use super::speech::{cut_window, quietest_cut, SpeechGate};
+use super::cancel::CancelToken;
+use super::speech::{cut_window, quietest_cut, SpeechGate, FRAME};
 use super::worker::{Job, JobResult, Pool, Priority, Refused};
 use crate::services::stt::{seq_to_secs, SttCommand, SttCommandReceiver, SttEvent, SttStats, Transcript};
 
@@ -26,6 +26,11 @@ const RETRY: Duration = Duration::from_millis(20);
 /// Cut segments waiting for the workers, per call, before the oldest is given up (bounds memory
 /// when the CPU cannot keep up: 8 × `max_segment`).
 const MAX_PENDING: usize = 8;
+/// Quiet frames after speech that start a transcription at once (the engine sends `Finalize`
+/// ~64 ms into a pause; a job already running then, on all the speech, becomes the final).
+const PAUSE_FRAMES: usize = 2;
+/// New speech a pause needs to be worth a transcription (skips the gaps inside words).
+const PAUSE_MIN_SPEECH_FRAMES: usize = 5;
 
 /// How a session cuts and reports (from the provider's config).
 #[derive(Debug, Clone)]
@@ -69,17 +74,17 @@ struct Segment {
 
 enum Running {
     Final,
-    /// An interim of the buffer as it was in `generation`.
+    /// An interim of the first `covers` samples of the buffer as it was in `generation`.
     Interim {
         generation: u64,
+        covers: usize,
         start_secs: f64,
-        duration_secs: f64,
     },
 }
 
 struct InFlight {
     running: Running,
-    cancel: Arc<AtomicBool>,
+    cancel: Arc<CancelToken>,
     result: oneshot::Receiver<JobResult>,
 }
 
@@ -101,6 +106,10 @@ pub struct CallStream {
     buffer_start_secs: f64,
     /// 20 ms frames above the gate's floor since the last interim was started.
     loud_frames: usize,
+    /// Buffer index just past the last such frame.
+    last_loud_end: usize,
+    /// Frames at or below the floor since then.
+    quiet_frames: usize,
     /// Bumped at every cut: an interim of an older generation is stale.
     generation: u64,
     last_interim: String,
@@ -125,6 +134,8 @@ impl CallStream {
             buffer: Vec::new(),
             buffer_start_secs: 0.0,
             loud_frames: 0,
+            last_loud_end: 0,
+            quiet_frames: 0,
             generation: 0,
             last_interim: String::new(),
             pending: VecDeque::new(),
@@ -163,7 +174,7 @@ impl CallStream {
                         "local STT closed before its last finals were ready"
                     );
                     if let Some(f) = self.in_flight.take() {
-                        f.cancel.store(true, Ordering::Relaxed);
+                        f.cancel.cancel();
                     }
                     return;
                 }
@@ -186,6 +197,10 @@ impl CallStream {
                 self.buffer.extend(frame.iter().map(|&s| f32::from(s) / 32768.0));
                 if self.settings.gate.is_loud(&self.buffer[start..]) {
                     self.loud_frames += 1;
+                    self.last_loud_end = self.buffer.len();
+                    self.quiet_frames = 0;
+                } else {
+                    self.quiet_frames += 1;
                 }
                 if self.buffer.len() >= samples(self.settings.max_segment).max(1) {
                     self.cut_too_long();
@@ -210,18 +225,29 @@ impl CallStream {
         self.cut(at.max(1), Cut::TooLong);
     }
 
-    /// Moves `buffer[..at]` into the queue of segments to finalize.
+    /// Moves `buffer[..at]` into the queue of segments to finalize. A running interim of all of
+    /// it that already holds every loud frame becomes the segment's final; any other is cancelled.
     fn cut(&mut self, at: usize, cut: Cut) {
-        let rest = self.buffer.split_off(at.min(self.buffer.len()));
+        let at = at.min(self.buffer.len());
+        let whole = at == self.buffer.len();
+        let rest = self.buffer.split_off(at);
         let audio = std::mem::replace(&mut self.buffer, rest);
         let start_secs = self.buffer_start_secs;
         self.buffer_start_secs += secs(audio.len());
+        if let Some(flight) = &mut self.in_flight {
+            if let Running::Interim { generation, covers, .. } = flight.running {
+                let current = generation == self.generation && self.pending.is_empty();
+                if whole && current && self.last_loud_end <= covers {
+                    flight.running = Running::Final;
+                } else {
+                    flight.cancel.cancel();
+                }
+            }
+        }
         self.generation += 1;
         self.loud_frames = 0;
+        self.last_loud_end = self.last_loud_end.saturating_sub(at);
         self.last_interim.clear();
-        if let Some(InFlight { running: Running::Interim { .. }, cancel, .. }) = &self.in_flight {
-            cancel.store(true, Ordering::Relaxed);
-        }
         self.pending.push_back(Segment { audio, start_secs, cut });
     }
 
@@ -263,21 +289,21 @@ impl CallStream {
         self.maybe_interim();
     }
 
+    /// An interim every `interim_every` of new speech, and one as soon as the caller pauses
+    /// (which the `Finalize` that usually follows turns into the final).
     fn maybe_interim(&mut self) {
         let s = &self.settings;
-        let every = samples(s.interim_every) / samples(super::speech::FRAME).max(1);
-        if s.interim_every.is_zero() || self.close_deadline.is_some() || self.loud_frames < every.max(1) {
+        if s.interim_every.is_zero() || self.close_deadline.is_some() {
             return;
         }
-        if self.buffer.len() > samples(s.interim_max_buffer) {
+        let every = (samples(s.interim_every) / samples(FRAME).max(1)).max(1);
+        let at_pause = self.loud_frames >= PAUSE_MIN_SPEECH_FRAMES && self.quiet_frames >= PAUSE_FRAMES;
+        if !at_pause && (self.loud_frames < every || self.buffer.len() > samples(s.interim_max_buffer)) {
             return;
         }
         let Some(span) = s.gate.speech_span(&self.buffer, RATE_HZ) else { return };
-        let running = Running::Interim {
-            generation: self.generation,
-            start_secs: self.buffer_start_secs,
-            duration_secs: secs(self.buffer.len()),
-        };
+        let running =
+            Running::Interim { generation: self.generation, covers: self.buffer.len(), start_secs: self.buffer_start_secs };
         // A busy pool: try again at the next frame, when the caller has said more.
         if let Ok(flight) = self.submit(self.buffer[span].to_vec(), Priority::Interim) {
             self.loud_frames = 0;
@@ -287,7 +313,7 @@ impl CallStream {
 
     fn submit(&self, audio: Vec<f32>, priority: Priority) -> Result<InFlight, Refused> {
         let (tx, rx) = oneshot::channel();
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = CancelToken::new();
         let job = Job {
             audio,
             rate_hz: RATE_HZ,
@@ -318,13 +344,13 @@ impl CallStream {
                     self.answer(&segment, recognized).await;
                 }
             }
-            Running::Interim { generation, start_secs, duration_secs } => {
+            Running::Interim { generation, covers, start_secs } => {
                 let Some(r) = recognized else { return };
                 if generation != self.generation || r.text.is_empty() || r.text == self.last_interim {
                     return;
                 }
                 self.last_interim = r.text.clone();
-                self.emit(transcript(r.text, false, false, start_secs, duration_secs, r.confidence)).await;
+                self.emit(transcript(r.text, false, false, start_secs, secs(covers), r.confidence)).await;
             }
         }
     }
@@ -384,11 +410,11 @@ mod tests {
     }
 
     impl Recognizer for Scripted {
-        fn recognize(&mut self, audio: &[f32], cancel: &AtomicBool) -> JobResult {
+        fn recognize(&mut self, audio: &[f32], cancel: &CancelToken) -> JobResult {
             self.calls.lock().unwrap().push(audio.len());
             let until = std::time::Instant::now() + self.delay;
             while std::time::Instant::now() < until {
-                if cancel.load(Ordering::Relaxed) {
+                if cancel.is_cancelled() {
                     return Ok(None);
                 }
                 std::thread::sleep(Duration::from_millis(2));
@@ -518,6 +544,42 @@ mod tests {
         handle.finalize();
         let t = next_transcript(&mut events).await;
         assert!(t.is_final && t.from_finalize && t.text == "heard 0.3s", "{t:?}");
+    }
+
+    #[tokio::test]
+    async fn a_transcription_started_at_the_pause_becomes_the_final() {
+        let mut c = config();
+        c.interim_every = Duration::from_secs(10); // only pauses start one
+        let (stt, calls) = provider(Duration::from_millis(300), c);
+        let (handle, mut events) = stt.session(&SttOptions::default()).unwrap();
+        send(&handle, &speech(0.5)).await;
+        send(&handle, &quiet(0.06)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(calls.lock().unwrap().len(), 1, "the pause started a transcription");
+        let asked = Instant::now();
+        handle.finalize();
+        let t = next_transcript(&mut events).await;
+        assert!(t.is_final && t.from_finalize && t.text == "heard 0.5s", "{t:?}");
+        assert!(asked.elapsed() < Duration::from_millis(290), "answered by the running job: {:?}", asked.elapsed());
+        assert_eq!(t.duration_secs, 0.56, "the final covers the whole buffer");
+        assert_eq!(calls.lock().unwrap().len(), 1, "no second run");
+
+        // Speech after the pause's snapshot: that run is not the final (its text is an interim).
+        send(&handle, &speech(0.3)).await;
+        send(&handle, &quiet(0.06)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        send(&handle, &speech(0.4)).await;
+        handle.finalize();
+        let mut seen = Vec::new();
+        let last = loop {
+            let t = next_transcript(&mut events).await;
+            if t.from_finalize {
+                break t;
+            }
+            seen.push(t);
+        };
+        assert!(seen.iter().all(|t| !t.is_final && t.text == "heard 0.3s"), "{seen:?}");
+        assert_eq!(last.text, "heard 0.8s", "the final has all the words");
     }
 
     #[tokio::test]

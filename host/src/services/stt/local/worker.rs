@@ -8,10 +8,10 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use super::cancel::CancelToken;
 use super::moonshine::{MoonshineError, MoonshineModel, Recognized, SAMPLE_RATE};
 use crate::audio::resample::resample_all;
 
@@ -21,11 +21,11 @@ pub type JobResult = Result<Option<Recognized>, MoonshineError>;
 /// What a worker runs: 16 kHz mono audio in, text out. [`MoonshineModel`] in production; the
 /// tests drive the queue and the streaming logic with scripted recognizers.
 pub trait Recognizer: Send + 'static {
-    fn recognize(&mut self, audio: &[f32], cancel: &AtomicBool) -> JobResult;
+    fn recognize(&mut self, audio: &[f32], cancel: &CancelToken) -> JobResult;
 }
 
 impl Recognizer for MoonshineModel {
-    fn recognize(&mut self, audio: &[f32], cancel: &AtomicBool) -> JobResult {
+    fn recognize(&mut self, audio: &[f32], cancel: &CancelToken) -> JobResult {
         self.transcribe(audio, cancel)
     }
 }
@@ -42,8 +42,8 @@ pub struct Job {
     /// Mono, ±1.0, at `rate_hz` (resampled to the model's rate on the worker).
     pub audio: Vec<f32>,
     pub rate_hz: u32,
-    /// Set to abandon the job (checked before it starts and between decoded tokens).
-    pub cancel: Arc<AtomicBool>,
+    /// Abandons the job (before it starts, or mid-run).
+    pub cancel: Arc<CancelToken>,
     /// Called once, on the worker thread, with the result.
     pub reply: Box<dyn FnOnce(JobResult) + Send>,
 }
@@ -68,7 +68,7 @@ struct Queue {
     finals: VecDeque<Job>,
     interims: VecDeque<Job>,
     /// Workers running a job, with that job's cancel flag (to stop them at shutdown).
-    running: Vec<Arc<AtomicBool>>,
+    running: Vec<Arc<CancelToken>>,
     stopped: bool,
 }
 
@@ -146,7 +146,7 @@ impl Drop for Pool {
             let mut q = self.shared.lock();
             q.stopped = true;
             for cancel in &q.running {
-                cancel.store(true, Ordering::Relaxed);
+                cancel.cancel();
             }
             let mut jobs: Vec<Job> = q.finals.drain(..).collect();
             jobs.extend(q.interims.drain(..));
@@ -179,7 +179,7 @@ fn work(shared: &Shared, mut model: Box<dyn Recognizer>) {
             }
         };
         let cancel = job.cancel.clone();
-        let result = if cancel.load(Ordering::Relaxed) {
+        let result = if cancel.is_cancelled() {
             Ok(None)
         } else {
             // A bug in the model code must cost one answer, not the worker.
@@ -196,7 +196,7 @@ fn work(shared: &Shared, mut model: Box<dyn Recognizer>) {
     }
 }
 
-fn run(model: &mut dyn Recognizer, audio: &[f32], rate_hz: u32, cancel: &AtomicBool) -> JobResult {
+fn run(model: &mut dyn Recognizer, audio: &[f32], rate_hz: u32, cancel: &CancelToken) -> JobResult {
     if rate_hz == SAMPLE_RATE {
         return model.recognize(audio, cancel);
     }
