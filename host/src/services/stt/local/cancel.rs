@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ort::logging::LogLevel;
 use ort::session::RunOptions;
 
 /// Shared between the job's owner (who may cancel) and the worker (who checks).
@@ -48,7 +49,10 @@ impl CancelToken {
         if let Some(run) = slot.as_ref() {
             return Ok(run.clone());
         }
-        let run = Arc::new(RunOptions::new()?);
+        let mut run = RunOptions::new()?;
+        // A terminated run is an expected outcome here, not an error for ONNX Runtime to print.
+        run.set_log_level(LogLevel::Fatal)?;
+        let run = Arc::new(run);
         if self.is_cancelled() {
             run.terminate()?;
         }

@@ -267,15 +267,20 @@ fn rss_mb() -> f64 {
     kb.and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
 }
 
-/// Finalize → final latency of a streamed clip, `runs` times (the clip streamed at 4× real time
-/// with interims on, as a caller would trigger them).
-async fn finalize_latency(stt: &LocalStt, clip: &str, runs: usize) -> Vec<Duration> {
-    let (samples, rate) = read_wav_mono(&fixture(clip)).unwrap();
+/// Finalize → final latency of a streamed clip, `runs` times (the clip streamed in real time
+/// with interims on, as a caller would trigger them), with `pause` of silence before the
+/// `Finalize` (the engine sends it ~64 ms into a pause).
+async fn finalize_latency(stt: &LocalStt, clip: &str, pause: Duration, runs: usize) -> Vec<Duration> {
+    let (mut samples, rate) = read_wav_mono(&fixture(clip)).unwrap();
+    // The clip's own trailing quiet is cut so the pause is exactly `pause`.
+    let speech_end = stt.config().gate.speech_span(&samples, rate).map_or(samples.len(), |s| s.end);
+    samples.truncate(speech_end.saturating_sub((rate / 5) as usize)); // the gate pads 200 ms
+    samples.extend(std::iter::repeat_n(0.0, (pause.as_secs_f64() * f64::from(rate)) as usize));
     let frames = frames_8k(&samples, rate);
     let mut waits = Vec::new();
     for _ in 0..runs {
         let (handle, mut events) = stt.session(&SttOptions::default()).unwrap();
-        stream(&handle, &frames, 4).await;
+        stream(&handle, &frames, 1).await;
         let asked = Instant::now();
         handle.finalize();
         loop {
@@ -332,14 +337,43 @@ async fn measure_local_stt() {
             cpu_total / audio_total,
             100.0 * errors as f64 / words as f64
         );
-        for (clip, label) in [("ps_cards_002_8k.wav", "2.0 s"), ("ps_librivox_0890_8k.wav", "5.3 s")] {
-            let waits = finalize_latency(&stt, clip, 5).await;
-            println!(
-                "  Finalize → final, {label} utterance: median {:.0} ms, max {:.0} ms (5 runs)",
-                waits[2].as_secs_f64() * 1000.0,
-                waits[4].as_secs_f64() * 1000.0
-            );
+        for (clip, label) in [("ps_cards_002_8k.wav", "2 s"), ("ps_librivox_0890_8k.wav", "5 s")] {
+            for pause_ms in [0, 80] {
+                let waits = finalize_latency(&stt, clip, Duration::from_millis(pause_ms), 5).await;
+                println!(
+                    "  Finalize → final, {label} utterance, Finalize {pause_ms} ms after the speech: median {:.0} ms, max {:.0} ms (5 runs)",
+                    waits[2].as_secs_f64() * 1000.0,
+                    waits[4].as_secs_f64() * 1000.0
+                );
+            }
         }
         println!("  RSS now {:.0} MB", rss_mb());
     }
+}
+
+/// How the recognizer ends a clause cut at a pause inside a sentence (what a turn detector
+/// reading the text would see): each clip cut at its quietest 100 ms in the middle half, both
+/// parts transcribed alone.
+/// `cargo test -p switchboard --lib measure_punctuation_at_pauses -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement: prints figures"]
+fn measure_punctuation_at_pauses() {
+    let _turn = one_at_a_time();
+    let stt = shared();
+    let mut ends = std::collections::BTreeMap::<char, usize>::new();
+    for (path, reference) in transcripts() {
+        let (samples, rate) = read_wav_mono(&path).unwrap();
+        let n = samples.len();
+        let cut = super::speech::quietest_cut(&samples, rate, n / 4..n * 3 / 4);
+        let first = stt.transcribe_samples(&samples[..cut], rate).unwrap();
+        let second = stt.transcribe_samples(&samples[cut..], rate).unwrap();
+        let end = first.chars().last().filter(|c| c.is_ascii_punctuation()).unwrap_or('∅');
+        *ends.entry(end).or_default() += 1;
+        println!(
+            "{:<26} cut at {:.2} s: {first:?} | {second:?}   (said: {reference:?})",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            cut as f64 / f64::from(rate)
+        );
+    }
+    println!("first parts end in: {ends:?} (∅ = no punctuation)");
 }

@@ -253,6 +253,7 @@ impl CallStream {
 
     /// Starts the next job if none is running: the oldest cut segment, else an interim.
     async fn dispatch(&mut self) {
+        self.preempt_at_pause();
         if self.in_flight.is_some() || self.retry_at.is_some() {
             return;
         }
@@ -287,6 +288,17 @@ impl CallStream {
             return;
         }
         self.maybe_interim();
+    }
+
+    /// The caller paused while an interim of older audio runs: cancel it, so the transcription
+    /// of everything said (likely the final) can start now.
+    fn preempt_at_pause(&mut self) {
+        let Some(InFlight { running: Running::Interim { covers, .. }, cancel, .. }) = &self.in_flight else { return };
+        let paused = self.loud_frames >= PAUSE_MIN_SPEECH_FRAMES && self.quiet_frames >= PAUSE_FRAMES;
+        let paused = paused && self.last_loud_end > *covers;
+        if paused && !self.settings.interim_every.is_zero() && self.close_deadline.is_none() {
+            cancel.cancel();
+        }
     }
 
     /// An interim every `interim_every` of new speech, and one as soon as the caller pauses
