@@ -9,9 +9,9 @@
 //!
 //! Files: `models/fetch-stt.sh` puts them in `models/local/moonshine-base-en/`.
 
+mod cancel;
 #[cfg(test)]
 mod model_tests;
-mod cancel;
 pub mod moonshine;
 mod offline;
 pub mod onnx_graph;

@@ -170,6 +170,36 @@ fn recordings_with_shipped_transcripts_are_recognized() {
     assert!(errors * 100 <= words * 5, "word error rate over 5 %:\n{report}");
 }
 
+/// A draft is checked in one pass: the text is the same whatever the draft, and a right one
+/// saves nearly every decoder pass.
+#[test]
+fn a_draft_changes_the_passes_not_the_text() {
+    let _turn = one_at_a_time();
+    let config = repo_config();
+    let options = super::moonshine::MoonshineOptions {
+        model_dir: config.model_dir.clone(),
+        ort_dylib: config.ort_dylib.clone(),
+        verify_checksums: false,
+        intra_threads: 1,
+    };
+    let mut model = super::moonshine::MoonshineModel::load(&options).expect("run `bash models/fetch-stt.sh` first");
+    let (samples, rate) = read_wav_mono(&fixture("ps_librivox_0880_8k.wav")).unwrap();
+    let audio = resample_all(&samples, rate, 16000).unwrap();
+    let cancel = super::cancel::CancelToken::new();
+    let plain = model.transcribe(&audio, &[], &cancel).unwrap().unwrap();
+    assert_eq!(plain.decoder_runs, plain.tokens + 1, "one pass per token and one for the end");
+    let right = model.transcribe(&audio, &plain.ids, &cancel).unwrap().unwrap();
+    assert_eq!((right.text.as_str(), right.decoder_runs), (plain.text.as_str(), 1), "{right:?}");
+    let half = &plain.ids[..plain.ids.len() / 2];
+    let wrong: Vec<i64> = half.iter().copied().chain([300, 301, 302]).collect();
+    let corrected = model.transcribe(&audio, &wrong, &cancel).unwrap().unwrap();
+    assert_eq!(corrected.text, plain.text);
+    assert_eq!(corrected.decoder_runs, plain.tokens - half.len() + 1, "{corrected:?}");
+    let cancelled = super::cancel::CancelToken::new();
+    cancelled.cancel();
+    assert_eq!(model.transcribe(&audio, &[], &cancelled).unwrap(), None);
+}
+
 #[test]
 fn silence_and_noise_transcribe_to_nothing() {
     let _turn = one_at_a_time();

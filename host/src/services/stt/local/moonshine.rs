@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ort::environment::Environment;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::session::{Session, SessionInputValue};
+use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
 use super::cancel::CancelToken;
@@ -110,6 +110,10 @@ pub struct Recognized {
     pub text: String,
     /// Text tokens decoded (after dropping repeats).
     pub tokens: usize,
+    /// Their ids (a draft for the next transcription of this audio and more).
+    pub ids: Vec<i64>,
+    /// Decoder passes it took (one per token without a draft).
+    pub decoder_runs: usize,
     /// Mean probability the model gave its chosen tokens (end of text included).
     pub confidence: f32,
     pub stop: Stop,
@@ -254,93 +258,147 @@ impl MoonshineModel {
         Ok(onnx)
     }
 
-    /// Transcribes 16 kHz mono audio (±1.0). `None` when `cancel` was set before the end.
-    pub fn transcribe(&mut self, audio: &[f32], cancel: &CancelToken) -> Result<Option<Recognized>, MoonshineError> {
-        match self.decode(audio, cancel) {
+    /// Transcribes 16 kHz mono audio (±1.0). `draft` is a guess at the tokens (an earlier
+    /// transcription of the start of this audio): the decoder checks all of it in one pass and
+    /// keeps the part it agrees with, which gives the same text as decoding token by token with
+    /// fewer passes. `None` when `cancel` was set before the end.
+    pub fn transcribe(
+        &mut self,
+        audio: &[f32],
+        draft: &[i64],
+        cancel: &CancelToken,
+    ) -> Result<Option<Recognized>, MoonshineError> {
+        match self.decode(audio, draft, cancel) {
             Err(_) | Ok(None) if cancel.is_cancelled() => Ok(None),
             result => result,
         }
     }
 
-    fn decode(&mut self, audio: &[f32], cancel: &CancelToken) -> Result<Option<Recognized>, MoonshineError> {
-        let secs = audio.len() as f64 / f64::from(SAMPLE_RATE);
-        if secs > MAX_SECS {
-            return Err(MoonshineError::TooLong { secs });
-        }
+    fn encode(&mut self, audio: &[f32], run: &RunOptions) -> Result<Tensor<f32>, MoonshineError> {
         let mut input = audio.to_vec();
         if input.len() < MIN_SAMPLES {
             input.resize(MIN_SAMPLES, 0.0);
         }
         let samples = input.len();
+        let input = Tensor::from_array(([1usize, samples], input))?;
+        let outputs = self.encoder.run_with_options(ort::inputs!["input_values" => input], run)?;
+        let (shape, data) = outputs["last_hidden_state"].try_extract_tensor::<f32>()?;
+        let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+        Ok(Tensor::from_array((shape, data.to_vec()))?)
+    }
+
+    fn decode(
+        &mut self,
+        audio: &[f32],
+        draft: &[i64],
+        cancel: &CancelToken,
+    ) -> Result<Option<Recognized>, MoonshineError> {
+        let secs = audio.len() as f64 / f64::from(SAMPLE_RATE);
+        if secs > MAX_SECS {
+            return Err(MoonshineError::TooLong { secs });
+        }
         let run = cancel.run_options()?;
-        let encoded = {
-            let input = Tensor::from_array(([1usize, samples], input))?;
-            let outputs = self.encoder.run_with_options(ort::inputs!["input_values" => input], &run)?;
-            let (shape, data) = outputs["last_hidden_state"].try_extract_tensor::<f32>()?;
-            let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-            Tensor::from_array((shape, data.to_vec()))?
-        };
+        let encoded = self.encode(audio, &run)?;
         let max_tokens = token_budget(secs);
-        let empty_cache =
-            || Tensor::<f32>::from_array(([1usize, self.cache.heads, 0, self.cache.head_dim], Vec::new()));
-        let mut cache: Vec<DynValue> =
-            (0..self.cache.past.len()).map(|_| empty_cache().map(|t| t.into_dyn())).collect::<Result<_, _>>()?;
+        let (heads, head_dim) = (self.cache.heads, self.cache.head_dim);
+        let mut cache: Vec<DynValue> = (0..self.cache.past.len())
+            .map(|_| Tensor::<f32>::from_array(([1usize, heads, 0, head_dim], Vec::new())).map(|t| t.into_dyn()))
+            .collect::<Result<_, _>>()?;
+        let usable_draft = draft.iter().take(max_tokens).take_while(|&&t| t != EOS && t != BOS).copied();
+        // Fed on this step: the last token decided (or <s>), then any draft tokens to check.
+        let mut feed: Vec<i64> = std::iter::once(BOS).chain(usable_draft).collect();
         let mut tokens: Vec<i64> = Vec::with_capacity(max_tokens);
-        let mut prob_sum = 0.0f64;
-        let mut last = BOS;
+        let (mut prob_sum, mut decided) = (0.0f64, 0usize);
+        let mut cached = 0; // positions in the self-attention cache
         let mut stop = Stop::TokenLimit;
+        let mut decoder_runs = 0;
         for step in 0..=max_tokens {
             if cancel.is_cancelled() {
                 return Ok(None);
             }
             let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(cache.len() + 3);
-            inputs.push(("input_ids".into(), Tensor::from_array(([1usize, 1], vec![last]))?.into()));
+            inputs.push(("input_ids".into(), Tensor::from_array(([1usize, feed.len()], feed.clone()))?.into()));
             inputs.push(("encoder_hidden_states".into(), (&encoded).into()));
             for (name, value) in self.cache.past.iter().zip(&cache) {
                 inputs.push((name.as_str().into(), value.into()));
             }
             inputs.push(("use_cache_branch".into(), Tensor::from_array(([1usize], vec![step > 0]))?.into()));
             let mut outputs = self.decoder.run_with_options(inputs, &run)?;
-            let (token, prob) = {
+            decoder_runs += 1;
+            // One prediction per fed position: position i predicts what follows feed[..=i].
+            let predictions: Vec<(i64, f32)> = {
                 let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
-                let vocab = logits.len().min(32_768);
-                best_token(&logits[logits.len() - vocab..])
+                let vocab = logits.len() / feed.len().max(1);
+                logits.chunks(vocab.max(1)).map(best_token).collect()
             };
+            let agreed = feed[1..].iter().zip(&predictions).take_while(|(d, (p, _))| *d == p).count();
+            for (&token, &(_, prob)) in feed[1..=agreed].iter().zip(&predictions) {
+                tokens.push(token);
+                prob_sum += f64::from(prob);
+                decided += 1;
+            }
+            let (next, prob) = predictions.get(agreed).copied().unwrap_or((EOS, 0.0));
+            prob_sum += f64::from(prob);
+            decided += 1;
+            // Rejected draft positions leave the self-attention cache.
+            let keep = cached + agreed + 1;
             for (i, name) in self.cache.present.iter().enumerate() {
+                let part = i % 4;
                 // The encoder half of the cache is computed on the first step only.
-                if step == 0 || i % 4 < 2 {
-                    cache[i] = outputs
+                if step == 0 || part < 2 {
+                    let value = outputs
                         .remove(name)
                         .ok_or_else(|| MoonshineError::Inference(format!("the decoder returned no {name}")))?;
+                    cache[i] = if part < 2 { keep_positions(value, keep)? } else { value };
                 }
             }
-            prob_sum += f64::from(prob);
-            if token == EOS {
+            cached = keep;
+            if let Some(drop) = repetition_loop(&tokens) {
+                tokens.truncate(tokens.len() - drop);
+                stop = Stop::Repetition;
+                break;
+            }
+            if next == EOS {
                 stop = Stop::EndOfText;
                 break;
             }
-            if step == max_tokens {
+            if tokens.len() >= max_tokens {
                 break; // the budget's last step only checks for the end of text
             }
-            tokens.push(token);
-            last = token;
+            tokens.push(next);
+            feed = vec![next];
             if let Some(drop) = repetition_loop(&tokens) {
                 tokens.truncate(tokens.len() - drop);
                 stop = Stop::Repetition;
                 break;
             }
         }
-        let steps = match stop {
-            Stop::EndOfText => tokens.len() + 1,
-            _ => tokens.len().max(1),
-        };
         Ok(Some(Recognized {
             text: self.tokenizer.decode(&tokens),
             tokens: tokens.len(),
-            confidence: (prob_sum / steps as f64) as f32,
+            ids: tokens,
+            decoder_runs,
+            confidence: (prob_sum / decided.max(1) as f64) as f32,
             stop,
         }))
     }
+}
+
+/// The first `keep` positions of a [1, heads, positions, head_dim] cache tensor.
+fn keep_positions(value: DynValue, keep: usize) -> Result<DynValue, MoonshineError> {
+    let (shape, data) = value.try_extract_tensor::<f32>()?;
+    let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+    let [batch, heads, positions, head_dim] = dims[..] else {
+        return Err(MoonshineError::Inference(format!("unexpected cache shape {dims:?}")));
+    };
+    if positions <= keep {
+        return Ok(value);
+    }
+    let mut kept = Vec::with_capacity(batch * heads * keep * head_dim);
+    for block in data.chunks(positions * head_dim) {
+        kept.extend_from_slice(&block[..keep * head_dim]);
+    }
+    Ok(Tensor::from_array(([batch, heads, keep, head_dim], kept))?.into_dyn())
 }
 
 /// Tokens allowed for `secs` of audio.

@@ -70,6 +70,8 @@ struct Segment {
     audio: Vec<f32>,
     start_secs: f64,
     cut: Cut,
+    /// The last interim's tokens for this audio (the decoder checks them in one pass).
+    draft: Vec<i64>,
 }
 
 enum Running {
@@ -113,6 +115,8 @@ pub struct CallStream {
     /// Bumped at every cut: an interim of an older generation is stale.
     generation: u64,
     last_interim: String,
+    /// The tokens of the last interim in this generation.
+    draft: Vec<i64>,
     pending: VecDeque<Segment>,
     in_flight: Option<InFlight>,
     retry_at: Option<Instant>,
@@ -138,6 +142,7 @@ impl CallStream {
             quiet_frames: 0,
             generation: 0,
             last_interim: String::new(),
+            draft: Vec::new(),
             pending: VecDeque::new(),
             in_flight: None,
             retry_at: None,
@@ -248,7 +253,8 @@ impl CallStream {
         self.loud_frames = 0;
         self.last_loud_end = self.last_loud_end.saturating_sub(at);
         self.last_interim.clear();
-        self.pending.push_back(Segment { audio, start_secs, cut });
+        let draft = std::mem::take(&mut self.draft);
+        self.pending.push_back(Segment { audio, start_secs, cut, draft });
     }
 
     /// Starts the next job if none is running: the oldest cut segment, else an interim.
@@ -274,7 +280,7 @@ impl CallStream {
                 continue;
             };
             let audio = segment.audio[span].to_vec();
-            match self.submit(audio, Priority::Final) {
+            match self.submit(audio, segment.draft.clone(), Priority::Final) {
                 Ok(flight) => self.in_flight = Some(InFlight { running: Running::Final, ..flight }),
                 Err(Refused::Busy) => self.retry_at = Some(Instant::now() + RETRY),
                 Err(Refused::Stopped) => {
@@ -314,21 +320,25 @@ impl CallStream {
             return;
         }
         let Some(span) = s.gate.speech_span(&self.buffer, RATE_HZ) else { return };
-        let running =
-            Running::Interim { generation: self.generation, covers: self.buffer.len(), start_secs: self.buffer_start_secs };
+        let running = Running::Interim {
+            generation: self.generation,
+            covers: self.buffer.len(),
+            start_secs: self.buffer_start_secs,
+        };
         // A busy pool: try again at the next frame, when the caller has said more.
-        if let Ok(flight) = self.submit(self.buffer[span].to_vec(), Priority::Interim) {
+        if let Ok(flight) = self.submit(self.buffer[span].to_vec(), self.draft.clone(), Priority::Interim) {
             self.loud_frames = 0;
             self.in_flight = Some(InFlight { running, ..flight });
         }
     }
 
-    fn submit(&self, audio: Vec<f32>, priority: Priority) -> Result<InFlight, Refused> {
+    fn submit(&self, audio: Vec<f32>, draft: Vec<i64>, priority: Priority) -> Result<InFlight, Refused> {
         let (tx, rx) = oneshot::channel();
         let cancel = CancelToken::new();
         let job = Job {
             audio,
             rate_hz: RATE_HZ,
+            draft,
             cancel: cancel.clone(),
             reply: Box::new(move |r| {
                 let _ = tx.send(r);
@@ -358,7 +368,11 @@ impl CallStream {
             }
             Running::Interim { generation, covers, start_secs } => {
                 let Some(r) = recognized else { return };
-                if generation != self.generation || r.text.is_empty() || r.text == self.last_interim {
+                if generation != self.generation {
+                    return;
+                }
+                self.draft = r.ids;
+                if r.text.is_empty() || r.text == self.last_interim {
                     return;
                 }
                 self.last_interim = r.text.clone();
@@ -422,7 +436,7 @@ mod tests {
     }
 
     impl Recognizer for Scripted {
-        fn recognize(&mut self, audio: &[f32], cancel: &CancelToken) -> JobResult {
+        fn recognize(&mut self, audio: &[f32], _draft: &[i64], cancel: &CancelToken) -> JobResult {
             self.calls.lock().unwrap().push(audio.len());
             let until = std::time::Instant::now() + self.delay;
             while std::time::Instant::now() < until {
@@ -435,7 +449,14 @@ mod tests {
                 return Err(MoonshineError::Inference("scripted failure".into()));
             }
             let text = format!("heard {:.1}s", audio.len() as f64 / 16000.0);
-            Ok(Some(Recognized { text, tokens: 2, confidence: 0.9, stop: Stop::EndOfText }))
+            Ok(Some(Recognized {
+                text,
+                tokens: 2,
+                ids: vec![7, 8],
+                decoder_runs: 3,
+                confidence: 0.9,
+                stop: Stop::EndOfText,
+            }))
         }
     }
 

@@ -21,12 +21,12 @@ pub type JobResult = Result<Option<Recognized>, MoonshineError>;
 /// What a worker runs: 16 kHz mono audio in, text out. [`MoonshineModel`] in production; the
 /// tests drive the queue and the streaming logic with scripted recognizers.
 pub trait Recognizer: Send + 'static {
-    fn recognize(&mut self, audio: &[f32], cancel: &CancelToken) -> JobResult;
+    fn recognize(&mut self, audio: &[f32], draft: &[i64], cancel: &CancelToken) -> JobResult;
 }
 
 impl Recognizer for MoonshineModel {
-    fn recognize(&mut self, audio: &[f32], cancel: &CancelToken) -> JobResult {
-        self.transcribe(audio, cancel)
+    fn recognize(&mut self, audio: &[f32], draft: &[i64], cancel: &CancelToken) -> JobResult {
+        self.transcribe(audio, draft, cancel)
     }
 }
 
@@ -42,6 +42,8 @@ pub struct Job {
     /// Mono, ±1.0, at `rate_hz` (resampled to the model's rate on the worker).
     pub audio: Vec<f32>,
     pub rate_hz: u32,
+    /// Tokens the text probably starts with (see [`MoonshineModel::transcribe`]).
+    pub draft: Vec<i64>,
     /// Abandons the job (before it starts, or mid-run).
     pub cancel: Arc<CancelToken>,
     /// Called once, on the worker thread, with the result.
@@ -183,7 +185,7 @@ fn work(shared: &Shared, mut model: Box<dyn Recognizer>) {
             Ok(None)
         } else {
             // A bug in the model code must cost one answer, not the worker.
-            std::panic::catch_unwind(AssertUnwindSafe(|| run(model.as_mut(), &job.audio, job.rate_hz, &cancel)))
+            std::panic::catch_unwind(AssertUnwindSafe(|| run(model.as_mut(), &job, &cancel)))
                 .unwrap_or_else(|_| Err(MoonshineError::Inference("the recognizer panicked".into())))
         };
         {
@@ -196,11 +198,11 @@ fn work(shared: &Shared, mut model: Box<dyn Recognizer>) {
     }
 }
 
-fn run(model: &mut dyn Recognizer, audio: &[f32], rate_hz: u32, cancel: &CancelToken) -> JobResult {
-    if rate_hz == SAMPLE_RATE {
-        return model.recognize(audio, cancel);
+fn run(model: &mut dyn Recognizer, job: &Job, cancel: &CancelToken) -> JobResult {
+    if job.rate_hz == SAMPLE_RATE {
+        return model.recognize(&job.audio, &job.draft, cancel);
     }
-    let audio = resample_all(audio, rate_hz, SAMPLE_RATE)
-        .map_err(|e| MoonshineError::Inference(format!("resampling {rate_hz} Hz to {SAMPLE_RATE} Hz: {e}")))?;
-    model.recognize(&audio, cancel)
+    let audio = resample_all(&job.audio, job.rate_hz, SAMPLE_RATE)
+        .map_err(|e| MoonshineError::Inference(format!("resampling {} Hz to {SAMPLE_RATE} Hz: {e}", job.rate_hz)))?;
+    model.recognize(&audio, &job.draft, cancel)
 }
