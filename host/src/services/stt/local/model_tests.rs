@@ -2,7 +2,7 @@
 //! recordings with shipped transcripts, the streaming contract on real speech, and bad input.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::{timeout, Instant};
@@ -24,11 +24,12 @@ pub(crate) fn shared() -> &'static LocalStt {
     })
 }
 
-/// The model tests share one worker: each takes this so their timing (interims only run on an
+/// The model tests share one worker: each holds this so their timing (interims only run on an
 /// idle worker) does not depend on what the others are doing.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock().unwrap_or_else(|e| e.into_inner())
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    TURN.blocking_lock()
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -212,7 +213,7 @@ fn silence_and_noise_transcribe_to_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streaming_session_hears_real_speech() {
-    let _turn = one_at_a_time();
+    let _turn = TURN.lock().await;
     let stt = shared();
     let (samples, rate) = read_wav_mono(&fixture("ps_goforward_8k.wav")).unwrap();
     let (handle, mut events) = stt.session(&SttOptions::default()).unwrap();
@@ -244,7 +245,7 @@ async fn a_streaming_session_hears_real_speech() {
 /// length arrive on their own, every `Finalize` is answered, and the stream closes cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_without_finalize_and_clipping_noise_neither_hang_nor_grow() {
-    let _turn = one_at_a_time();
+    let _turn = TURN.lock().await;
     let stt = shared();
     let max = stt.config().max_segment.as_secs_f64();
     let (speech, rate) = read_wav_mono(&fixture("ps_librivox_0870_8k.wav")).unwrap();
@@ -332,6 +333,7 @@ async fn finalize_latency(stt: &LocalStt, clip: &str, pause: Duration, runs: usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: prints figures, run on an idle machine"]
 async fn measure_local_stt() {
+    let _turn = TURN.lock().await;
     for threads in [1, 2] {
         let (rss0, cpu0, t0) = (rss_mb(), cpu_secs(), std::time::Instant::now());
         let mut config = repo_config();
