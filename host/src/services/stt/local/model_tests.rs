@@ -202,6 +202,18 @@ fn a_draft_changes_the_passes_not_the_text() {
     assert_eq!(model.transcribe(&audio, &[], &cancelled).unwrap(), None);
 }
 
+/// The free function finds the models through the environment (`SWITCHBOARD_MODELS_DIR`,
+/// default `models` under the current directory, which is `host/` for tests): transcribed when
+/// they are there, an error naming the fetch script when not.
+#[test]
+fn transcribe_wav_reads_the_models_named_by_the_environment() {
+    let _turn = one_at_a_time();
+    match super::transcribe_wav(beckett()) {
+        Ok(text) => assert_eq!(word_errors(BECKETT, &text).0, 0, "{text:?}"),
+        Err(e) => assert!(e.to_string().contains("fetch-stt.sh"), "{e}"),
+    }
+}
+
 #[test]
 fn silence_and_noise_transcribe_to_nothing() {
     let _turn = one_at_a_time();
