@@ -24,6 +24,8 @@ fi
 bash models/fetch.sh
 # The local text-to-speech voice (Piper en_US-joe-medium) in models/local (pinned, checksummed).
 bash models/fetch-piper.sh
+# The local speech-to-text model (Moonshine base, English; pinned, checksummed).
+bash models/fetch-stt.sh
 
 # The Python reference (Pipecat 1.14's model code) the parity tests compare against.
 bash host/tests/parity/setup_venv.sh

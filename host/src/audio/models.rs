@@ -130,7 +130,8 @@ fn pinned_sha(path: &Path) -> Option<&'static str> {
     PINNED.iter().find(|(f, _)| *f == name).map(|(_, h)| *h)
 }
 
-fn check_file(what: &'static str, path: &Path, verify: bool) -> Result<(), ModelError> {
+/// Checks that `path` is a file and, when its name is pinned (and `verify`), that its sha256 matches.
+pub(crate) fn check_file(what: &'static str, path: &Path, verify: bool) -> Result<(), ModelError> {
     if !path.is_file() {
         return Err(ModelError::Missing { what, path: path.to_path_buf() });
     }
@@ -175,13 +176,17 @@ static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
 /// The first successful call wins: later calls return the same environment whatever
 /// library path they name (ONNX Runtime cannot host two).
 pub fn ort_environment(paths: &ModelPaths) -> Result<Environment, ModelError> {
+    ort_environment_at(&paths.ort_dylib, paths.verify_checksums)
+}
+
+/// [`ort_environment`] for a library path alone (for models outside [`ModelPaths`]).
+pub fn ort_environment_at(lib: &Path, verify_checksum: bool) -> Result<Environment, ModelError> {
     let mut slot = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(env) = slot.as_ref() {
         return Ok(env.clone());
     }
-    let lib = &paths.ort_dylib;
-    check_file("ONNX Runtime library", lib, paths.verify_checksums)?;
-    let runtime_err = |message: String| ModelError::Runtime { path: lib.clone(), message };
+    check_file("ONNX Runtime library", lib, verify_checksum)?;
+    let runtime_err = |message: String| ModelError::Runtime { path: lib.to_path_buf(), message };
     let env = ort::init_from(lib)
         .map_err(|e| runtime_err(e.to_string()))?
         .with_name("switchboard")

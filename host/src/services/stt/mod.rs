@@ -7,6 +7,7 @@
 //! the audio sent before it.
 
 pub mod deepgram;
+pub mod local;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
