@@ -33,7 +33,7 @@ fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/speech")).join(name)
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/asr")).join(name)
 }
 
 pub(crate) fn beckett() -> PathBuf {
@@ -45,7 +45,7 @@ pub(crate) const BECKETT: &str = "ever tried ever failed no matter try again fai
 
 /// (file, what is said) for the recordings with shipped transcripts.
 pub(crate) fn transcripts() -> Vec<(PathBuf, String)> {
-    let tsv = std::fs::read_to_string(fixture("transcripts.tsv")).expect("fixtures/speech/transcripts.tsv");
+    let tsv = std::fs::read_to_string(fixture("transcripts.tsv")).expect("fixtures/asr/transcripts.tsv");
     tsv.lines().filter_map(|l| l.split_once('\t')).map(|(f, t)| (fixture(f), t.to_string())).collect()
 }
 
