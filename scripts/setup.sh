@@ -5,20 +5,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-# Debian packages: speech fixtures (espeak-ng, sox), model fetch (unzip), libsoxr0 (Smart Turn
-# resamples each segment with the same library as the reference, bit for bit), chromium (the
-# playground's browser test; playwright-core drives it directly, no chromium-driver needed).
-APT_PACKAGES=(espeak-ng sox unzip libsoxr0 chromium)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    echo "setup: installing ${missing[*]}"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# Debian packages (the list and why each is there: scripts/apt.sh).
+# shellcheck source=scripts/apt.sh
+source scripts/apt.sh
+apt_ensure "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 
 # ONNX Runtime library and the Silero / Smart Turn models (pinned, checksummed).
 bash models/fetch.sh

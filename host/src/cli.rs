@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::audio::models::ModelPaths;
 use crate::call::SessionFactory;
 use crate::compose;
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Overrides, ProviderKind, LOCAL_MAX_CALLS};
 use crate::engine::echo::EchoDiagnostic;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -162,7 +162,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         insecure_skip_signature: args.insecure_skip_signature,
         drain_timeout_secs: args.drain_timeout,
     };
-    let (config, warnings) = Config::load(&overrides).context("configuration")?;
+    let (mut config, warnings) = Config::load(&overrides).context("configuration")?;
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -175,12 +175,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => {
             let models = ModelPaths::from_env();
             let personas = compose::personas(&config, metrics.clone()).await?;
-            Arc::new(compose::conversation(&config, &models, personas, metrics.clone())?)
+            let composed = compose::conversation(&config, &models, personas, metrics.clone())?;
+            config.providers = composed.providers;
+            if config.max_calls.is_none() && config.providers.llm == ProviderKind::Local {
+                config.max_calls = Some(LOCAL_MAX_CALLS);
+                tracing::info!(max_calls = LOCAL_MAX_CALLS, "the LLM runs on this machine: taking at most {LOCAL_MAX_CALLS} calls at once (set MAX_CALLS to change)");
+            }
+            Arc::new(composed.conversation)
         }
     };
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, public_url = ?config.public_url.as_ref().map(|u| u.as_str()), "switchboard listening");
+    let port = listener.local_addr().map_or(config.port, |a| a.port());
+    // One line a new user can act on, whatever the log level.
+    println!(
+        "Switchboard is ready: open http://localhost:{port}/playground and press Call ({})",
+        http::playground::describe_providers(&config.providers).join(", ")
+    );
     let history = {
         let (config, metrics) = (config.clone(), metrics.clone());
         tokio::task::spawn_blocking(move || crate::history::open_for_server(&config, metrics))

@@ -17,6 +17,39 @@ pub const DEFAULT_GROQ_BASE_URL: &str = "https://api.groq.com/openai/v1";
 pub const DEFAULT_PORT: u16 = 7860;
 /// Where the call history lives unless `DATABASE_PATH` says otherwise (beside `recordings/`).
 pub const DEFAULT_DATABASE_PATH: &str = "data/switchboard.db";
+/// Where the local models live unless `LOCAL_MODELS_DIR` says otherwise (`models/fetch-*.sh`).
+pub const DEFAULT_LOCAL_MODELS_DIR: &str = "models/local";
+/// Calls at once when the LLM runs on this machine and `MAX_CALLS` is unset: on 2 cores a third
+/// local call makes every reply slow (docs/local.md has the figures).
+pub const LOCAL_MAX_CALLS: usize = 2;
+
+/// Where one stage of the conversation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// The hosted provider (Deepgram for speech, Groq for the LLM).
+    Cloud,
+    /// A model inside this process (models/local).
+    Local,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Cloud => "cloud",
+            ProviderKind::Local => "local",
+        }
+    }
+}
+
+/// Which provider each stage uses. `forced`: the choice was explicit (`PROVIDERS` or the stage's
+/// own variable), so a local model that can't load is an error instead of a fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Providers {
+    pub stt: ProviderKind,
+    pub llm: ProviderKind,
+    pub tts: ProviderKind,
+    pub forced: bool,
+}
 
 /// A configuration value that can't be used.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +104,11 @@ pub struct Config {
     pub stream_token_secret: Option<String>,
     pub drain_timeout: Duration,
     pub insecure_skip_signature: bool,
+    pub providers: Providers,
+    pub local_models_dir: PathBuf,
+    /// Calls at once; more are refused (Twilio gets a 503 and plays its fallback). `None`: no
+    /// limit (`serve` sets [`LOCAL_MAX_CALLS`] when the LLM runs locally and `MAX_CALLS` is unset).
+    pub max_calls: Option<usize>,
 }
 
 /// Command-line values that win over every other source.
@@ -156,13 +194,28 @@ impl Config {
             warnings.push("DIALOUT_API_KEY not set: POST /dialout is disabled".into());
         }
         let deepgram_api_key = src.get("DEEPGRAM_API_KEY");
-        if deepgram_api_key.is_none() {
-            warnings.push("DEEPGRAM_API_KEY not set: speech recognition and synthesis will fail".into());
-        }
         let groq_api_key = src.get("GROQ_API_KEY");
-        if groq_api_key.is_none() {
-            warnings.push("GROQ_API_KEY not set: the LLM will fail".into());
+        let providers = providers(&src, deepgram_api_key.is_some(), groq_api_key.is_some())?;
+        for (stage, kind, key, var) in [
+            ("speech recognition", providers.stt, &deepgram_api_key, "DEEPGRAM_API_KEY"),
+            ("the LLM", providers.llm, &groq_api_key, "GROQ_API_KEY"),
+            ("speech synthesis", providers.tts, &deepgram_api_key, "DEEPGRAM_API_KEY"),
+        ] {
+            if kind == ProviderKind::Cloud
+                && key.is_none()
+                && !(var == "GROQ_API_KEY" && src.get("GROQ_BASE_URL").is_some())
+            {
+                warnings.push(format!("{var} not set but {stage} is set to the cloud provider: it will fail"));
+            }
         }
+        let max_calls = match src.get("MAX_CALLS") {
+            None => None,
+            Some(n) => match n.parse::<usize>() {
+                Ok(0) => None,
+                Ok(n) => Some(n),
+                Err(_) => return Err(invalid("MAX_CALLS", format!("not a number of calls: {n:?}"))),
+            },
+        };
         let port = match overrides.port {
             Some(p) => p,
             None => match src.get("PORT") {
@@ -225,9 +278,46 @@ impl Config {
             stream_token_secret: src.get("STREAM_TOKEN_SECRET"),
             drain_timeout: Duration::from_secs(drain_secs),
             insecure_skip_signature: overrides.insecure_skip_signature,
+            providers,
+            local_models_dir: src
+                .get("LOCAL_MODELS_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| DEFAULT_LOCAL_MODELS_DIR.into()),
+            max_calls,
         };
         Ok((config, warnings))
     }
+}
+
+/// `PROVIDERS=auto|cloud|local` (default auto: the cloud provider where its key is set, else the
+/// local model), then `STT_PROVIDER`, `LLM_PROVIDER`, `TTS_PROVIDER` per stage. An LLM base URL
+/// without a key counts as cloud: a self-hosted OpenAI-compatible server needs no key.
+fn providers(src: &Sources, deepgram_key: bool, groq_key: bool) -> Result<Providers, ConfigError> {
+    fn kind(name: &'static str, value: &str) -> Result<Option<ProviderKind>, ConfigError> {
+        match value.to_ascii_lowercase().as_str() {
+            "auto" => Ok(None),
+            "cloud" => Ok(Some(ProviderKind::Cloud)),
+            "local" => Ok(Some(ProviderKind::Local)),
+            other => Err(invalid(name, format!("expected auto, cloud or local, got {other:?}"))),
+        }
+    }
+    let all = match src.get("PROVIDERS") {
+        Some(v) => kind("PROVIDERS", &v)?,
+        None => None,
+    };
+    let mut forced = all.is_some();
+    let mut stage = |name: &'static str, has_key: bool| -> Result<ProviderKind, ConfigError> {
+        let own = match src.get(name) {
+            Some(v) => kind(name, &v)?,
+            None => None,
+        };
+        forced |= own.is_some();
+        Ok(own.or(all).unwrap_or(if has_key { ProviderKind::Cloud } else { ProviderKind::Local }))
+    };
+    let stt = stage("STT_PROVIDER", deepgram_key)?;
+    let llm = stage("LLM_PROVIDER", groq_key || src.get("GROQ_BASE_URL").is_some())?;
+    let tts = stage("TTS_PROVIDER", deepgram_key)?;
+    Ok(Providers { stt, llm, tts, forced })
 }
 
 fn invalid(name: &'static str, problem: String) -> ConfigError {
@@ -354,6 +444,33 @@ mod tests {
         assert!(!w.iter().any(|w| w.starts_with("API_KEY")), "{w:?}");
         let e = Config::from_sources(&Overrides::default(), env(&[("HISTORY", "maybe")])).unwrap_err();
         assert!(e.to_string().starts_with("HISTORY"), "{e}");
+    }
+
+    #[test]
+    fn providers_are_cloud_where_a_key_is_set_and_local_elsewhere_unless_chosen() {
+        use ProviderKind::{Cloud, Local};
+        let cfg = |v: &[(&str, &str)]| Config::from_sources(&Overrides::default(), env(v));
+        let (c, w) = cfg(&[]).unwrap();
+        assert_eq!(
+            (c.providers.stt, c.providers.llm, c.providers.tts, c.providers.forced),
+            (Local, Local, Local, false)
+        );
+        assert_eq!(c.max_calls, None, "serve applies the local default, not the config");
+        assert!(!w.iter().any(|w| w.contains("DEEPGRAM_API_KEY")), "{w:?}");
+        let (c, _) = cfg(&[("DEEPGRAM_API_KEY", "d"), ("GROQ_API_KEY", "g")]).unwrap();
+        assert_eq!((c.providers.stt, c.providers.llm, c.providers.tts), (Cloud, Cloud, Cloud));
+        let (c, _) = cfg(&[("GROQ_BASE_URL", "http://127.0.0.1:9/v1")]).unwrap();
+        assert_eq!((c.providers.stt, c.providers.llm), (Local, Cloud), "a base URL without a key is a server");
+        let (c, _) = cfg(&[("DEEPGRAM_API_KEY", "d"), ("PROVIDERS", "local"), ("MAX_CALLS", "5")]).unwrap();
+        assert_eq!((c.providers.stt, c.providers.tts, c.providers.forced), (Local, Local, true));
+        assert_eq!(c.max_calls, Some(5));
+        let (c, w) = cfg(&[("PROVIDERS", "local"), ("TTS_PROVIDER", "cloud")]).unwrap();
+        assert_eq!((c.providers.stt, c.providers.tts), (Local, Cloud));
+        assert!(w.iter().any(|w| w.contains("DEEPGRAM_API_KEY") && w.contains("speech synthesis")), "{w:?}");
+        let e = cfg(&[("LLM_PROVIDER", "mars")]).unwrap_err();
+        assert!(e.to_string().starts_with("LLM_PROVIDER"), "{e}");
+        let e = cfg(&[("MAX_CALLS", "lots")]).unwrap_err();
+        assert!(e.to_string().starts_with("MAX_CALLS"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ const ui = {
   latency: document.querySelector('#latency tbody'),
   notice: $('notice'),
   state: $('state'),
+  providers: $('providers'),
 };
 
 /** How long to wait for the server to close the socket after our `stop`. */
@@ -94,7 +95,8 @@ async function loadPersonas() {
   try {
     const resp = await fetch('/playground/personas');
     if (!resp.ok) throw new Error(`${resp.status} ${await resp.text()}`);
-    const { personas } = await resp.json();
+    const { personas, providers } = await resp.json();
+    if (Array.isArray(providers)) ui.providers.textContent = `Runs on: ${providers.join(' · ')}`;
     ui.persona.replaceChildren(
       ...personas.map((name) => {
         const o = document.createElement('option');

@@ -55,6 +55,9 @@ pub(super) async fn dialout(State(state): State<AppState>, headers: HeaderMap, b
     if state.drain.is_draining() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "server is draining; not placing calls");
     }
+    if state.full() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, state.full_message());
+    }
     let req: DialoutRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),

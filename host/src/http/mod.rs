@@ -99,6 +99,16 @@ impl AppState {
         })
     }
 
+    /// At the `MAX_CALLS` limit: new calls are refused until one ends.
+    pub fn full(&self) -> bool {
+        self.config.max_calls.is_some_and(|max| self.drain.active() >= max)
+    }
+
+    /// The refusal text when [`Self::full`].
+    pub fn full_message(&self) -> String {
+        format!("at the limit of {} calls at once (MAX_CALLS); not taking more", self.config.max_calls.unwrap_or(0))
+    }
+
     /// Records every call in `history` and serves it on `/api/calls`.
     pub fn with_history(mut self, history: &crate::history::History) -> Self {
         self.events.add_sink(history.sink());
@@ -134,13 +144,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// 503 while draining, so a load balancer stops sending new calls to this instance.
+/// 503 while draining or full, so a load balancer stops sending new calls to this instance.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    let draining = state.drain.is_draining();
-    let code = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if state.drain.is_draining() {
+        "draining"
+    } else if state.full() {
+        "full"
+    } else {
+        "ok"
+    };
+    let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = Json(serde_json::json!({
-        "status": if draining { "draining" } else { "ok" },
+        "status": status,
         "active_calls": state.drain.active(),
+        "max_calls": state.config.max_calls,
     }));
     (code, body)
 }

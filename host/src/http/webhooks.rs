@@ -56,6 +56,10 @@ pub(super) fn verify(state: &AppState, headers: &HeaderMap, uri: &Uri, body: &By
     if state.drain.is_draining() {
         return Err(refuse(state, StatusCode::SERVICE_UNAVAILABLE, "draining", "server is draining; not taking calls"));
     }
+    if state.full() {
+        // Twilio answers a 503 with the number's fallback URL or its own error message.
+        return Err(refuse(state, StatusCode::SERVICE_UNAVAILABLE, "full", state.full_message()));
+    }
     if body.len() > MAX_WEBHOOK_BYTES {
         return Err(refuse(state, StatusCode::PAYLOAD_TOO_LARGE, "oversized", "webhook body too large"));
     }

@@ -447,6 +447,52 @@ async fn drain_refuses_new_calls_and_waits_for_calls_in_progress() {
 }
 
 #[tokio::test]
+async fn at_max_calls_the_webhook_sends_twilio_to_the_fallback_and_health_says_full() {
+    let (sessions, mut calls) = ProbeSessions::new();
+    let mut env = creds_env();
+    env.extend([("MAX_CALLS", "1"), ("DIALOUT_API_KEY", "sekrit")]);
+    let server = TestServer::start(&env, Overrides::default(), sessions).await;
+    let health = || async {
+        let r = reqwest::get(format!("{}/healthz", server.base)).await.unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(health().await.0, 200);
+    let mut ws = answer_inbound(&server, "CA40").await;
+    let call = tokio::time::timeout(T, calls.recv()).await.unwrap().unwrap();
+    let (code, body) = health().await;
+    assert_eq!((code, body["status"].as_str(), body["max_calls"].as_u64()), (503, Some("full"), Some(1)));
+    // The second caller is refused with a reason (Twilio then plays the number's fallback).
+    let url = format!("{}/", server.base);
+    let (status, text) = post_webhook(&url, Some(&url), &inbound_form("CA41")).await;
+    assert_eq!(status, 503);
+    assert!(text.contains("MAX_CALLS"), "{text}");
+    let dial = reqwest::Client::new()
+        .post(format!("{}/dialout", server.base))
+        .bearer_auth("sekrit")
+        .json(&serde_json::json!({"to_number": "+15550003333", "from_number": "+15550002222"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dial.status(), 503);
+    // The call in progress is untouched.
+    call.outputs.send(CallOutput::Audio(vec![0x22; 160])).await.unwrap();
+    assert!(matches!(next_bot(&mut ws).await, Some(BotMessage::Media { .. })));
+    // Once it ends, calls are taken again.
+    ws.send(Message::text(twilio_side::stop(3, "MZCA40", ACCOUNT_SID, "CA40"))).await.unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        if health().await.0 == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "health is ok again after the call");
+    let (status, _) = post_webhook(&url, Some(&url), &inbound_form("CA42")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
 async fn dialout_requires_a_configured_key_a_bearer_token_and_e164_numbers() {
     let (sessions, _calls) = ProbeSessions::new();
     let server = TestServer::start(&creds_env(), Overrides::default(), sessions.clone()).await;

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use tracing::info;
 
 use super::AppState;
+use crate::config::{ProviderKind, Providers};
 use crate::http::error::error;
 use crate::persona::BUILTIN_NAME;
 use crate::telephony::stream_token::TOKEN_PARAMETER;
@@ -57,8 +58,24 @@ fn persona_names(state: &AppState) -> Vec<String> {
     names
 }
 
+/// Where each stage of a call runs, as the page and the start-up line show it.
+pub fn describe_providers(providers: &Providers) -> Vec<String> {
+    let name = |stage: &str, kind: ProviderKind, cloud: &str, local: &str| {
+        format!("{stage}: {}", if kind == ProviderKind::Local { local } else { cloud })
+    };
+    vec![
+        name("speech recognition", providers.stt, "Deepgram nova-3", "Moonshine on this machine"),
+        name("LLM", providers.llm, "Groq (OpenAI-compatible)", "on this machine"),
+        name("voice", providers.tts, "Deepgram Aura", "Piper on this machine"),
+    ]
+}
+
 async fn personas(State(state): State<AppState>) -> Response {
-    Json(serde_json::json!({ "personas": persona_names(&state) })).into_response()
+    Json(serde_json::json!({
+        "personas": persona_names(&state),
+        "providers": describe_providers(&state.config.providers),
+    }))
+    .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +91,9 @@ fn sid(prefix: &str) -> String {
 async fn call(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     if state.drain.is_draining() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "server is draining; not taking calls");
+    }
+    if state.full() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, state.full_message());
     }
     let req: CallRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
