@@ -7,8 +7,9 @@ cd "$root"
 
 # Debian packages: speech fixtures (espeak-ng, sox), model fetch (unzip), libsoxr0 (Smart Turn
 # resamples each segment with the same library as the reference, bit for bit), chromium (the
-# playground's browser test; playwright-core drives it directly, no chromium-driver needed).
-APT_PACKAGES=(espeak-ng sox unzip libsoxr0 chromium)
+# playground's browser test; playwright-core drives it directly, no chromium-driver needed),
+# cmake and libclang-dev (the local LLM: llama-cpp-sys-2 builds llama.cpp and its bindings).
+APT_PACKAGES=(espeak-ng sox unzip libsoxr0 chromium cmake libclang-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +27,8 @@ bash models/fetch.sh
 bash models/fetch-piper.sh
 # The local speech-to-text model (Moonshine base, English; pinned, checksummed).
 bash models/fetch-stt.sh
+# The local conversation LLM (Qwen2.5-Coder-0.5B-Instruct GGUF; pinned, checksummed).
+bash models/fetch-llm.sh
 
 # The Python reference (Pipecat 1.14's model code) the parity tests compare against.
 bash host/tests/parity/setup_venv.sh
