@@ -167,7 +167,10 @@ impl LocalLlm {
     pub fn open(config: LocalLlmConfig) -> Result<Self, LocalLlmError> {
         let span = tracing::info_span!("local_llm_open", model = %config.model_path.display());
         let _entered = span.enter();
-        if config.context_tokens < 256 || config.max_reply_tokens == 0 || config.max_reply_tokens >= config.context_tokens {
+        if config.context_tokens < 256
+            || config.max_reply_tokens == 0
+            || config.max_reply_tokens >= config.context_tokens
+        {
             return Err(LocalLlmError::Config(format!(
                 "context_tokens ({}) must be at least 256 and larger than max_reply_tokens ({}, at least 1)",
                 config.context_tokens, config.max_reply_tokens

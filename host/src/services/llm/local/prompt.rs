@@ -36,7 +36,8 @@ impl ChatTemplate {
         env.add_function("raise_exception", |message: String| -> Result<Value, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
         });
-        env.add_template_owned(TEMPLATE_NAME, source).map_err(|e| format!("the chat template does not compile: {e:#}"))?;
+        env.add_template_owned(TEMPLATE_NAME, source)
+            .map_err(|e| format!("the chat template does not compile: {e:#}"))?;
         Ok(Self { env, bos, eos })
     }
 
@@ -180,7 +181,10 @@ mod tests {
         let text = template().render(&messages, &tools, true).unwrap();
         assert!(text.starts_with("<|im_start|>system\nBe brief.\n\n# Tools\n<tools>\n{"), "{text}");
         assert!(text.contains(r#""name":"hang_up""#), "{text}");
-        assert!(text.contains("<tool_call>\n{\"name\": \"hang_up\", \"arguments\": {\"reason\":\"done\"}}\n</tool_call>"), "{text}");
+        assert!(
+            text.contains("<tool_call>\n{\"name\": \"hang_up\", \"arguments\": {\"reason\":\"done\"}}\n</tool_call>"),
+            "{text}"
+        );
         assert!(text.contains("<|im_start|>user\n<tool_response>\nok\n</tool_response><|im_end|>"), "{text}");
         assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
     }
@@ -196,7 +200,11 @@ mod tests {
         let mut messages = vec![
             ChatMessage::system("S"),
             ChatMessage::user("u1"),
-            ChatMessage::assistant_tool_calls(vec![ToolCall { id: "1".into(), name: "f".into(), arguments: "{}".into() }]),
+            ChatMessage::assistant_tool_calls(vec![ToolCall {
+                id: "1".into(),
+                name: "f".into(),
+                arguments: "{}".into(),
+            }]),
             ChatMessage::tool_result("1", "r1"),
             ChatMessage::assistant("a1"),
             ChatMessage::user("u2"),

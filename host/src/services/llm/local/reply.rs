@@ -18,6 +18,10 @@ pub struct ReplyParser {
     /// Decoded text not yet released (a possible start of `<tool_call>`, or a call's body).
     held: String,
     in_call: bool,
+    /// Nothing released yet and the reply opened with `{`: small models sometimes answer a call
+    /// as bare JSON, without the tags. Held until the end, then a call if it parses as one.
+    bare_json: bool,
+    released_any: bool,
     calls: Vec<ToolCall>,
     /// Calls the model wrote but that were not JSON `{"name": …}` objects.
     unreadable: Vec<String>,
@@ -31,6 +35,8 @@ impl ReplyParser {
             pending_bytes: Vec::new(),
             held: String::new(),
             in_call: false,
+            bare_json: false,
+            released_any: false,
             calls: Vec::new(),
             unreadable: Vec::new(),
             id_prefix: id_prefix.into(),
@@ -59,7 +65,14 @@ impl ReplyParser {
             self.pending_bytes.clear();
         }
         let mut text = self.drain();
-        if self.in_call {
+        if self.bare_json {
+            let body = std::mem::take(&mut self.held);
+            if parse_call(&body).is_some() {
+                self.take_call(&body);
+            } else {
+                text.push_str(&body);
+            }
+        } else if self.in_call {
             // No closing tag (the model stopped, or ran out of tokens): take the body if it parses.
             let body = std::mem::take(&mut self.held);
             self.take_call(&body);
@@ -70,6 +83,22 @@ impl ReplyParser {
     }
 
     fn drain(&mut self) -> String {
+        if !self.released_any && !self.in_call {
+            match self.held.trim_start().chars().next() {
+                Some('{') => self.bare_json = true,
+                None => return String::new(),
+                Some(_) => {}
+            }
+        }
+        if self.bare_json {
+            return String::new();
+        }
+        let out = self.drain_tags();
+        self.released_any |= !out.trim().is_empty();
+        out
+    }
+
+    fn drain_tags(&mut self) -> String {
         let mut out = String::new();
         loop {
             if self.in_call {
@@ -89,7 +118,10 @@ impl ReplyParser {
             // Keep the longest tail that is a prefix of the opening tag.
             let keep = (1..OPEN.len().min(self.held.len() + 1))
                 .rev()
-                .find(|&n| self.held.is_char_boundary(self.held.len() - n) && OPEN.starts_with(&self.held[self.held.len() - n..]))
+                .find(|&n| {
+                    self.held.is_char_boundary(self.held.len() - n)
+                        && OPEN.starts_with(&self.held[self.held.len() - n..])
+                })
                 .unwrap_or(0);
             let cut = self.held.len() - keep;
             out.push_str(&self.held[..cut]);
@@ -230,6 +262,16 @@ mod tests {
         let names: Vec<_> = calls.iter().map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str())).collect();
         assert_eq!(names, vec![("t-0", "a", "{}"), ("t-1", "hang_up", "{}")]);
         assert_eq!(bad, vec!["not json".to_string()]);
+    }
+
+    #[test]
+    fn a_reply_that_is_bare_call_json_is_a_call_and_other_json_is_text() {
+        let (streamed, tail, calls, _) = run(&[b" {\"name\": \"hang_up\",", b" \"arguments\": {}}"]);
+        assert_eq!((streamed.as_str(), tail.as_str(), calls.len()), ("", "", 1));
+        let (streamed, tail, calls, _) = run(&[b"{braces}", b" are fine"]);
+        assert_eq!((format!("{streamed}{tail}"), calls.len()), ("{braces} are fine".to_string(), 0));
+        let (streamed, _, _, _) = run(&[b"Sure {", b"x}"]);
+        assert_eq!(streamed, "Sure {x}");
     }
 
     #[test]

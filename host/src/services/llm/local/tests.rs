@@ -240,7 +240,10 @@ async fn warm_up_evaluates_the_system_prompt_once_so_the_first_token_comes_soone
     let again = llm.warm_up(&warm_prompt, &tools).await.expect("second warm-up");
     assert_eq!(again.reused, again.tokens - 1, "a repeated warm-up re-evaluates only its last token: {again:?}");
     let warmed = first_token(warm_prompt).await;
-    eprintln!("first token: cold {cold:?}, after warm-up {warmed:?} (warm-up of {} tokens took {:?})", warm.tokens, warm.elapsed);
+    eprintln!(
+        "first token: cold {cold:?}, after warm-up {warmed:?} (warm-up of {} tokens took {:?})",
+        warm.tokens, warm.elapsed
+    );
     assert!(warmed * 2 < cold, "cold {cold:?}, warm {warmed:?}");
 }
 
@@ -258,7 +261,8 @@ fn a_missing_model_names_the_file_and_the_fix() {
 fn an_impossible_configuration_is_refused() {
     let err = LocalLlm::open(LocalLlmConfig { queue_capacity: 0, ..repo_config() }).unwrap_err();
     assert!(matches!(err, LocalLlmError::Config(_)), "{err:?}");
-    let err = LocalLlm::open(LocalLlmConfig { context_tokens: 512, max_reply_tokens: 512, ..repo_config() }).unwrap_err();
+    let err =
+        LocalLlm::open(LocalLlmConfig { context_tokens: 512, max_reply_tokens: 512, ..repo_config() }).unwrap_err();
     assert!(err.to_string().contains("larger than max_reply_tokens"), "{err}");
 }
 

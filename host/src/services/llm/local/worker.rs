@@ -19,14 +19,23 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
 use super::prompt::{trim_to_fit, ChatTemplate};
-use super::reply::{ReplyParser, OPEN};
+use super::reply::{ReplyParser, CLOSE, OPEN};
 use super::{backend, LocalLlmConfig, LocalLlmError, WarmUp};
 use crate::services::llm::{ChatMessage, ChatRequest, FinishReason, LlmError, LlmEvent, ToolChoice, Usage};
 
 /// Work for the inference thread.
 pub enum Job {
-    Chat { request: ChatRequest, events: mpsc::Sender<Result<LlmEvent, LlmError>>, queued: Instant, id: u64 },
-    WarmUp { messages: Vec<ChatMessage>, tools: Vec<crate::services::llm::ToolSpec>, done: oneshot::Sender<Result<WarmUp, LocalLlmError>> },
+    Chat {
+        request: ChatRequest,
+        events: mpsc::Sender<Result<LlmEvent, LlmError>>,
+        queued: Instant,
+        id: u64,
+    },
+    WarmUp {
+        messages: Vec<ChatMessage>,
+        tools: Vec<crate::services::llm::ToolSpec>,
+        done: oneshot::Sender<Result<WarmUp, LocalLlmError>>,
+    },
 }
 
 /// Starts the thread; returns once its context exists (or failed to).
@@ -76,6 +85,8 @@ struct Engine<'m> {
     batch: LlamaBatch<'static>,
     /// The tokens whose keys and values are in the cache, in position order.
     cached: Vec<LlamaToken>,
+    /// `<tool_call>` and `</tool_call>` where the vocabulary has them as single tokens.
+    tags: Vec<(LlamaToken, &'static str)>,
     config: LocalLlmConfig,
 }
 
@@ -99,7 +110,14 @@ impl<'m> Engine<'m> {
             .new_context(backend()?, params)
             .map_err(|e| LocalLlmError::Context(format!("{e} (context of {} tokens)", config.context_tokens)))?;
         let batch = LlamaBatch::new(config.prefill_chunk as usize, 1);
-        Ok(Self { model, ctx, template, batch, cached: Vec::new(), config: config.clone() })
+        let tags = [OPEN, CLOSE]
+            .into_iter()
+            .filter_map(|tag| match model.vocab().tokenize(tag.as_bytes(), false, true)[..] {
+                [token] => Some((token, tag)),
+                _ => None,
+            })
+            .collect();
+        Ok(Self { model, ctx, template, batch, cached: Vec::new(), tags, config: config.clone() })
     }
 
     fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
@@ -136,7 +154,10 @@ impl<'m> Engine<'m> {
                     .map_err(|e| Stop::Failed(stream_error(format!("building the prompt batch: {e}"))))?;
             }
             self.ctx.decode(&mut self.batch).map_err(|e| {
-                Stop::Failed(stream_error(format!("evaluating the prompt (tokens {pos}..{end} of {}): {e}", tokens.len())))
+                Stop::Failed(stream_error(format!(
+                    "evaluating the prompt (tokens {pos}..{end} of {}): {e}",
+                    tokens.len()
+                )))
             })?;
             self.cached.extend_from_slice(&tokens[pos..end]);
             pos = end;
@@ -146,7 +167,12 @@ impl<'m> Engine<'m> {
 
     /// Renders and tokenizes the conversation, dropping the oldest turns until prompt and reply
     /// fit the context.
-    fn prompt(&self, request: &ChatRequest, reply_tokens: u32, prime: &str) -> Result<(Vec<LlamaToken>, usize), LlmError> {
+    fn prompt(
+        &self,
+        request: &ChatRequest,
+        reply_tokens: u32,
+        prime: &str,
+    ) -> Result<(Vec<LlamaToken>, usize), LlmError> {
         let budget = self.config.context_tokens.saturating_sub(reply_tokens) as usize;
         let tools = match &request.tool_choice {
             Some(ToolChoice::None) => Vec::new(),
@@ -172,7 +198,11 @@ impl<'m> Engine<'m> {
         }
     }
 
-    fn warm_up(&mut self, messages: &[ChatMessage], tools: &[crate::services::llm::ToolSpec]) -> Result<WarmUp, LocalLlmError> {
+    fn warm_up(
+        &mut self,
+        messages: &[ChatMessage],
+        tools: &[crate::services::llm::ToolSpec],
+    ) -> Result<WarmUp, LocalLlmError> {
         let started = Instant::now();
         let text = self.template.render(messages, tools, false).map_err(LocalLlmError::Template)?;
         let tokens = self.tokenize(&text);
@@ -182,12 +212,24 @@ impl<'m> Engine<'m> {
             Err(Stop::Cancelled) => unreachable!("warm-up is never cancelled"),
         };
         let warm = WarmUp { tokens: tokens.len(), reused, elapsed: started.elapsed() };
-        tracing::info!(tokens = warm.tokens, reused = warm.reused, ms = warm.elapsed.as_millis() as u64, "local LLM prompt prefix evaluated");
+        tracing::info!(
+            tokens = warm.tokens,
+            reused = warm.reused,
+            ms = warm.elapsed.as_millis() as u64,
+            "local LLM prompt prefix evaluated"
+        );
         Ok(warm)
     }
 
-    fn chat(&mut self, id: u64, request: ChatRequest, events: &mpsc::Sender<Result<LlmEvent, LlmError>>, queued: Instant) {
-        let span = tracing::info_span!("local_llm_chat", id, messages = request.messages.len(), tools = request.tools.len());
+    fn chat(
+        &mut self,
+        id: u64,
+        request: ChatRequest,
+        events: &mpsc::Sender<Result<LlmEvent, LlmError>>,
+        queued: Instant,
+    ) {
+        let span =
+            tracing::info_span!("local_llm_chat", id, messages = request.messages.len(), tools = request.tools.len());
         let _entered = span.enter();
         if events.is_closed() {
             tracing::debug!("dropped while queued");
@@ -220,11 +262,15 @@ impl<'m> Engine<'m> {
         request: &ChatRequest,
         events: &mpsc::Sender<Result<LlmEvent, LlmError>>,
     ) -> Result<Stats, Stop> {
-        let max_reply = request.max_tokens.map_or(self.config.max_reply_tokens, |m| m.min(self.config.max_reply_tokens)).max(1);
+        let max_reply =
+            request.max_tokens.map_or(self.config.max_reply_tokens, |m| m.min(self.config.max_reply_tokens)).max(1);
         // A required call is primed: the reply starts inside an opened tool call.
         let prime = match &request.tool_choice {
             Some(ToolChoice::Required) if !request.tools.is_empty() => format!("{OPEN}\n"),
-            Some(ToolChoice::Function(name)) => format!("{OPEN}\n{{\"name\": {}, \"arguments\": ", serde_json::Value::from(name.as_str())),
+            // The opened `{` makes the arguments an object.
+            Some(ToolChoice::Function(name)) => {
+                format!("{OPEN}\n{{\"name\": {}, \"arguments\": {{", serde_json::Value::from(name.as_str()))
+            }
             _ => String::new(),
         };
         let (prompt, dropped) = self.prompt(request, max_reply, &prime).map_err(Stop::Failed)?;
@@ -260,7 +306,12 @@ impl<'m> Engine<'m> {
             }
             completion += 1;
             piece.clear();
-            vocab.token_to_piece_into(token, &mut piece, false, None);
+            // The call tags are written out whatever attributes the GGUF gave their tokens;
+            // other special tokens (control markup) are never text.
+            match self.tags.iter().find(|(t, _)| *t == token) {
+                Some((_, tag)) => piece.extend_from_slice(tag.as_bytes()),
+                None => vocab.token_to_piece_into(token, &mut piece, false, None),
+            }
             let text = parser.push(&piece);
             if !text.is_empty() && events.blocking_send(Ok(LlmEvent::TextDelta(text))).is_err() {
                 return Err(Stop::Cancelled);
@@ -271,9 +322,9 @@ impl<'m> Engine<'m> {
             self.batch.clear();
             let pos = self.cached.len() as i32;
             self.batch.add(token, pos, &[0], true).map_err(|e| Stop::Failed(stream_error(format!("batch: {e}"))))?;
-            self.ctx
-                .decode(&mut self.batch)
-                .map_err(|e| Stop::Failed(stream_error(format!("generating token {completion} at position {pos}: {e}"))))?;
+            self.ctx.decode(&mut self.batch).map_err(|e| {
+                Stop::Failed(stream_error(format!("generating token {completion} at position {pos}: {e}")))
+            })?;
             self.cached.push(token);
         }
         let (tail, calls, unreadable) = parser.finish();
