@@ -221,10 +221,12 @@ impl LocalLlm {
         let job = Job::WarmUp { messages: vec![ChatMessage::system(system_prompt)], tools: tools.to_vec(), done };
         let jobs = self.jobs.clone();
         // A full queue blocks the sender: wait on a blocking thread, not on the runtime.
-        tokio::task::spawn_blocking(move || jobs.send(job))
+        let queued = tokio::task::spawn_blocking(move || jobs.send(job).is_ok())
             .await
-            .map_err(|e| LocalLlmError::Inference(format!("queueing the warm-up: {e}")))?
-            .map_err(|_| LocalLlmError::WorkerStopped)?;
+            .map_err(|e| LocalLlmError::Inference(format!("queueing the warm-up: {e}")))?;
+        if !queued {
+            return Err(LocalLlmError::WorkerStopped);
+        }
         result.await.map_err(|_| LocalLlmError::WorkerStopped)?
     }
 
