@@ -20,7 +20,13 @@ ENV CARGO_PROFILE_RELEASE_LTO=fat \
     CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
     CARGO_PROFILE_RELEASE_DEBUG=false \
     CARGO_PROFILE_RELEASE_STRIP=symbols
+# cmake and libclang-dev: llama-cpp-sys-2 builds llama.cpp (the local LLM, a default feature).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake libclang-dev \
+ && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
+# llama.cpp's SIMD level (portable AVX2, not -march=native): .cargo/config.toml [env].
+COPY .cargo ./.cargo
 COPY wit ./wit
 COPY host ./host
 RUN cargo build --release --locked -p switchboard

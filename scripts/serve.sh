@@ -19,7 +19,10 @@ if ! key_set DEEPGRAM_API_KEY || [ "${PROVIDERS:-auto}" = local ]; then
     bash models/fetch-stt.sh
     bash models/fetch-piper.sh
 fi
+if ! key_set GROQ_API_KEY || [ "${PROVIDERS:-auto}" = local ]; then
+    bash models/fetch-llm.sh
+fi
 if [ ! -x target/debug/switchboard ]; then
-    echo "serve: first build of switchboard (about 10 minutes on 2 cores; later starts take seconds)"
+    echo "serve: first build of switchboard (wasmtime and llama.cpp: about 15 minutes on 2 cores; later starts take seconds)"
 fi
 exec cargo run --locked -- serve "$@"

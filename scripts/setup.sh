@@ -16,6 +16,8 @@ bash models/fetch.sh
 bash models/fetch-piper.sh
 # The local speech-to-text model (Moonshine base, English; pinned, checksummed).
 bash models/fetch-stt.sh
+# The local conversation LLM (Qwen2.5-Coder-0.5B-Instruct GGUF; pinned, checksummed).
+bash models/fetch-llm.sh
 
 # The Python reference (Pipecat 1.14's model code) the parity tests compare against.
 bash host/tests/parity/setup_venv.sh

@@ -3,6 +3,8 @@
 //! [`ChatModel::stream_chat`] returns a stream of [`LlmEvent`]s ending in `Done` (or one error).
 //! Dropping the stream aborts the request — that is how barge-in cancels a reply.
 
+#[cfg(feature = "local-llm")]
+pub mod local;
 pub mod openai_compat;
 mod sse;
 
