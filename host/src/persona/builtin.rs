@@ -37,6 +37,12 @@ impl BuiltinPersona {
         Self::default()
     }
 
+    /// The system prompt of its inbound (and playground) calls: what a local LLM evaluates
+    /// ahead of the first call.
+    pub fn inbound_prompt() -> &'static str {
+        INBOUND_PROMPT
+    }
+
     fn outbound(&self) -> bool {
         self.direction == Some(Direction::Outbound)
     }

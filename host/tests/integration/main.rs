@@ -6,6 +6,7 @@ mod diagnostic;
 mod fakes;
 mod harness;
 mod history;
+mod local_mode;
 mod playground;
 mod plugins;
 mod scale_out;
