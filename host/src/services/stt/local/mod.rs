@@ -67,6 +67,11 @@ pub struct LocalSttConfig {
     pub send_queue: Duration,
     /// After `close()`, how long the last finals may take.
     pub close_timeout: Duration,
+    /// Quiet that ends an utterance; until then each final is transcribed with the earlier
+    /// audio and words of the utterance as context (zero: every final alone).
+    pub utterance_gap: Duration,
+    /// At most this much earlier audio is given as that context.
+    pub utterance_context: Duration,
     pub event_capacity: usize,
     pub gate: SpeechGate,
 }
@@ -90,6 +95,8 @@ impl LocalSttConfig {
             max_segment: Duration::from_secs(15),
             send_queue: Duration::from_secs(2),
             close_timeout: Duration::from_secs(5),
+            utterance_gap: Duration::from_millis(1200),
+            utterance_context: Duration::from_secs(10),
             event_capacity: 256,
             gate: SpeechGate::default(),
         }
@@ -113,6 +120,8 @@ impl LocalSttConfig {
             interim_max_buffer: self.interim_max_buffer,
             max_segment: self.max_segment,
             close_timeout: self.close_timeout,
+            utterance_gap: self.utterance_gap,
+            utterance_context: self.utterance_context,
             gate: self.gate.clone(),
         }
     }

@@ -108,10 +108,12 @@ pub enum Stop {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recognized {
     pub text: String,
-    /// Text tokens decoded (after dropping repeats).
+    /// Text tokens decoded after the forced prefix (after dropping repeats).
     pub tokens: usize,
     /// Their ids (a draft for the next transcription of this audio and more).
     pub ids: Vec<i64>,
+    /// How many of the forced tokens were fed (trailing punctuation is left to the model).
+    pub forced: usize,
     /// Decoder passes it took (one per token without a draft).
     pub decoder_runs: usize,
     /// Mean probability the model gave its chosen tokens (end of text included).
@@ -258,17 +260,22 @@ impl MoonshineModel {
         Ok(onnx)
     }
 
-    /// Transcribes 16 kHz mono audio (±1.0). `draft` is a guess at the tokens (an earlier
-    /// transcription of the start of this audio): the decoder checks all of it in one pass and
-    /// keeps the part it agrees with, which gives the same text as decoding token by token with
-    /// fewer passes. `None` when `cancel` was set before the end.
+    /// Transcribes 16 kHz mono audio (±1.0). `forced` are tokens already reported for the start
+    /// of this audio: fed as given (in the first pass), so the model continues after them with
+    /// their context instead of reading the audio again; only what follows is returned. Their
+    /// trailing punctuation is dropped first: a clause cut at a pause ends in "." that the model
+    /// should be free to revise into "," or nothing. `draft` is a guess at the tokens after
+    /// `forced` (an earlier transcription of the start of this audio): the decoder checks all of
+    /// it in the same pass and keeps the part it agrees with, which gives the same text as
+    /// decoding token by token with fewer passes. `None` when `cancel` was set before the end.
     pub fn transcribe(
         &mut self,
         audio: &[f32],
+        forced: &[i64],
         draft: &[i64],
         cancel: &CancelToken,
     ) -> Result<Option<Recognized>, MoonshineError> {
-        match self.decode(audio, draft, cancel) {
+        match self.decode(audio, forced, draft, cancel) {
             Err(_) | Ok(None) if cancel.is_cancelled() => Ok(None),
             result => result,
         }
@@ -290,6 +297,7 @@ impl MoonshineModel {
     fn decode(
         &mut self,
         audio: &[f32],
+        forced: &[i64],
         draft: &[i64],
         cancel: &CancelToken,
     ) -> Result<Option<Recognized>, MoonshineError> {
@@ -299,14 +307,21 @@ impl MoonshineModel {
         }
         let run = cancel.run_options()?;
         let encoded = self.encode(audio, &run)?;
-        let max_tokens = token_budget(secs);
+        let mut forced: Vec<i64> = forced.iter().copied().filter(|&t| t != EOS && t != BOS).collect();
+        while forced.last().is_some_and(|&t| self.tokenizer.is_punctuation(t)) {
+            forced.pop();
+        }
+        // The budget covers the prefix too, but always leaves room for new words.
+        let max_tokens = token_budget(secs).max(forced.len() + MIN_TOKENS);
+        let given = forced.len();
         let (heads, head_dim) = (self.cache.heads, self.cache.head_dim);
         let mut cache: Vec<DynValue> = (0..self.cache.past.len())
             .map(|_| Tensor::<f32>::from_array(([1usize, heads, 0, head_dim], Vec::new())).map(|t| t.into_dyn()))
             .collect::<Result<_, _>>()?;
-        let usable_draft = draft.iter().take(max_tokens).take_while(|&&t| t != EOS && t != BOS).copied();
-        // Fed on this step: the last token decided (or <s>), then any draft tokens to check.
-        let mut feed: Vec<i64> = std::iter::once(BOS).chain(usable_draft).collect();
+        let usable_draft = draft.iter().take(max_tokens - given).take_while(|&&t| t != EOS && t != BOS).copied();
+        // Fed on this step: the last token decided (or <s> and the forced prefix), then any
+        // draft tokens to check.
+        let mut feed: Vec<i64> = std::iter::once(BOS).chain(forced).chain(usable_draft).collect();
         let mut tokens: Vec<i64> = Vec::with_capacity(max_tokens);
         let (mut prob_sum, mut decided) = (0.0f64, 0usize);
         let mut cached = 0; // positions in the self-attention cache
@@ -331,12 +346,17 @@ impl MoonshineModel {
                 let vocab = logits.len() / feed.len().max(1);
                 logits.chunks(vocab.max(1)).map(best_token).collect()
             };
-            let agreed = feed[1..].iter().zip(&predictions).take_while(|(d, (p, _))| *d == p).count();
-            for (&token, &(_, prob)) in feed[1..=agreed].iter().zip(&predictions) {
+            // The forced prefix (first step only) is taken as given, whatever the model predicts.
+            let given_now = if step == 0 { given } else { 0 };
+            tokens.extend_from_slice(&feed[1..=given_now]);
+            let (checked, checks) = (&feed[1 + given_now..], &predictions[given_now..]);
+            let agreed = checked.iter().zip(checks).take_while(|(d, (p, _))| *d == p).count();
+            for (&token, &(_, prob)) in checked[..agreed].iter().zip(checks) {
                 tokens.push(token);
                 prob_sum += f64::from(prob);
                 decided += 1;
             }
+            let agreed = given_now + agreed;
             let (next, prob) = predictions.get(agreed).copied().unwrap_or((EOS, 0.0));
             prob_sum += f64::from(prob);
             decided += 1;
@@ -354,7 +374,7 @@ impl MoonshineModel {
             }
             cached = keep;
             if let Some(drop) = repetition_loop(&tokens) {
-                tokens.truncate(tokens.len() - drop);
+                tokens.truncate(tokens.len() - drop.min(tokens.len() - given));
                 stop = Stop::Repetition;
                 break;
             }
@@ -368,15 +388,19 @@ impl MoonshineModel {
             tokens.push(next);
             feed = vec![next];
             if let Some(drop) = repetition_loop(&tokens) {
-                tokens.truncate(tokens.len() - drop);
+                tokens.truncate(tokens.len() - drop.min(tokens.len() - given));
                 stop = Stop::Repetition;
                 break;
             }
         }
+        let ids = tokens.split_off(given);
+        // Punctuation the model puts where the reported text already has some is not repeated.
+        let words = ids.iter().position(|&t| !self.tokenizer.is_punctuation(t)).unwrap_or(ids.len());
         Ok(Some(Recognized {
-            text: self.tokenizer.decode(&tokens),
-            tokens: tokens.len(),
-            ids: tokens,
+            text: self.tokenizer.decode(&ids[words..]),
+            tokens: ids.len(),
+            ids,
+            forced: given,
             decoder_runs,
             confidence: (prob_sum / decided.max(1) as f64) as f32,
             stop,

@@ -77,6 +77,7 @@ fn transcribe_one(pool: &Pool, audio: Vec<f32>, rate_hz: u32) -> Result<String, 
     let mut job = Job {
         audio,
         rate_hz,
+        forced: Vec::new(),
         draft: Vec::new(),
         cancel: CancelToken::new(),
         reply: Box::new(move |r| {

@@ -2,6 +2,14 @@
 //! for every `Finalize` (in order, empty when nothing was said), interims while the caller talks,
 //! and a final of its own when the buffer grows too long.
 //!
+//! The engine sends `Finalize` in every pause, mid-sentence too, so a final usually covers a
+//! clause, not a sentence. The **utterance** (the audio since the caller started talking after
+//! `utterance_gap` of quiet, its last `utterance_context` at most) is kept across finals: each
+//! transcription reads it whole, with the tokens already reported fed as a forced decoder
+//! prefix, and reports only the words after them. Alone, a clause is often misheard; with what
+//! came before it the model reads it as part of the sentence. A `max_segment` cut, an error or
+//! dropped audio starts a new utterance.
+//!
 //! The task only moves audio and results; the workers do the inference. At most one job per call
 //! is with the workers at a time, so results come back in the order the audio was cut, and a
 //! `Finalize` is answered only after everything cut before it. An interim still running when the
@@ -43,6 +51,12 @@ pub struct StreamSettings {
     pub max_segment: Duration,
     /// After `close()`, how long the last finals may take.
     pub close_timeout: Duration,
+    /// Quiet that ends an utterance: speech after it is transcribed without what came before
+    /// (zero: every segment alone).
+    pub utterance_gap: Duration,
+    /// At most this much earlier audio of the utterance is given as context (bounds the cost of
+    /// re-reading it and the memory it holds).
+    pub utterance_context: Duration,
     pub gate: SpeechGate,
 }
 
@@ -72,15 +86,64 @@ struct Segment {
     cut: Cut,
     /// The last interim's tokens for this audio (the decoder checks them in one pass).
     draft: Vec<i64>,
+    /// Starts a new utterance (quiet of `utterance_gap` before its speech).
+    fresh: bool,
+}
+
+/// What was already finalized of the current utterance: each final's audio and the tokens that
+/// came after the prefix it was given.
+#[derive(Default)]
+struct Utterance {
+    pieces: VecDeque<(Vec<f32>, Vec<i64>)>,
+    samples: usize,
+}
+
+impl Utterance {
+    fn clear(&mut self) {
+        self.pieces.clear();
+        self.samples = 0;
+    }
+
+    /// `new` after the utterance's audio, and the tokens reported for that audio.
+    fn context(&self, new: &[f32]) -> (Vec<f32>, Vec<i64>) {
+        let mut audio = Vec::with_capacity(self.samples + new.len());
+        let mut forced = Vec::new();
+        for (a, ids) in &self.pieces {
+            audio.extend_from_slice(a);
+            forced.extend_from_slice(ids);
+        }
+        audio.extend_from_slice(new);
+        (audio, forced)
+    }
+
+    /// Adds a final's audio and tokens: `fed` of the tokens it was given were used (the model
+    /// drops trailing punctuation, which it then decided again), then at most `limit` samples
+    /// of audio are kept, whole pieces (they start at pauses, where the tokens start too).
+    fn push(&mut self, audio: Vec<f32>, fed: usize, ids: Vec<i64>, limit: usize) {
+        let mut excess = self.pieces.iter().map(|(_, t)| t.len()).sum::<usize>().saturating_sub(fed);
+        for (_, tokens) in self.pieces.iter_mut().rev() {
+            let drop = excess.min(tokens.len());
+            tokens.truncate(tokens.len() - drop);
+            excess -= drop;
+        }
+        self.samples += audio.len();
+        self.pieces.push_back((audio, ids));
+        while self.samples > limit {
+            let Some((a, _)) = self.pieces.pop_front() else { break };
+            self.samples -= a.len();
+        }
+    }
 }
 
 enum Running {
     Final,
-    /// An interim of the first `covers` samples of the buffer as it was in `generation`.
+    /// An interim of the first `covers` samples of the buffer as it was in `generation`
+    /// (without the utterance's context when `fresh`).
     Interim {
         generation: u64,
         covers: usize,
         start_secs: f64,
+        fresh: bool,
     },
 }
 
@@ -113,6 +176,9 @@ pub struct CallStream {
     last_loud_end: usize,
     /// Frames at or below the floor since then.
     quiet_frames: usize,
+    /// The buffer's speech starts a new utterance.
+    fresh: bool,
+    utterance: Utterance,
     /// Bumped at every cut: an interim of an older generation is stale.
     generation: u64,
     last_interim: String,
@@ -141,6 +207,8 @@ impl CallStream {
             loud_frames: 0,
             last_loud_end: 0,
             quiet_frames: 0,
+            fresh: true,
+            utterance: Utterance::default(),
             generation: 0,
             last_interim: String::new(),
             draft: Vec::new(),
@@ -202,6 +270,9 @@ impl CallStream {
                 let start = self.buffer.len();
                 self.buffer.extend(frame.iter().map(|&s| f32::from(s) / 32768.0));
                 if self.settings.gate.is_loud(&self.buffer[start..]) {
+                    if self.quiet_frames >= samples(self.settings.utterance_gap) / samples(FRAME).max(1) {
+                        self.fresh = true;
+                    }
                     self.loud_frames += 1;
                     self.last_loud_end = self.buffer.len();
                     self.quiet_frames = 0;
@@ -241,8 +312,8 @@ impl CallStream {
         let start_secs = self.buffer_start_secs;
         self.buffer_start_secs += secs(audio.len());
         if let Some(flight) = &mut self.in_flight {
-            if let Running::Interim { generation, covers, .. } = flight.running {
-                let current = generation == self.generation && self.pending.is_empty();
+            if let Running::Interim { generation, covers, fresh, .. } = flight.running {
+                let current = generation == self.generation && self.pending.is_empty() && fresh == self.fresh;
                 if whole && current && self.last_loud_end <= covers {
                     flight.running = Running::Final;
                 } else {
@@ -255,7 +326,8 @@ impl CallStream {
         self.last_loud_end = self.last_loud_end.saturating_sub(at);
         self.last_interim.clear();
         let draft = std::mem::take(&mut self.draft);
-        self.pending.push_back(Segment { audio, start_secs, cut, draft });
+        let fresh = std::mem::replace(&mut self.fresh, false);
+        self.pending.push_back(Segment { audio, start_secs, cut, draft, fresh });
     }
 
     /// Starts the next job if none is running: the oldest cut segment, else an interim.
@@ -271,17 +343,22 @@ impl CallStream {
             tracing::warn!(%message);
             self.emit(SttEvent::Warning { message }).await;
             self.answer(&segment, None).await;
+            // What follows would be read after a gap the tokens know nothing of.
+            self.utterance.clear();
         }
         while let Some(segment) = self.pending.front() {
-            let Some(span) = self.settings.gate.speech_span(&segment.audio, RATE_HZ) else {
+            if segment.fresh {
+                self.utterance.clear();
+            }
+            if self.settings.gate.speech_span(&segment.audio, RATE_HZ).is_none() {
                 // Nothing was said: answer now, without the model.
                 if let Some(segment) = self.pending.pop_front() {
                     self.answer(&segment, None).await;
                 }
                 continue;
-            };
-            let audio = segment.audio[span].to_vec();
-            match self.submit(audio, segment.draft.clone(), Priority::Final) {
+            }
+            let (audio, forced) = self.with_context(&segment.audio, segment.fresh);
+            match self.submit(audio, forced, segment.draft.clone(), Priority::Final) {
                 Ok(flight) => self.in_flight = Some(InFlight { running: Running::Final, ..flight }),
                 Err(Refused::Busy) => self.retry_at = Some(Instant::now() + RETRY),
                 Err(Refused::Stopped) => {
@@ -320,25 +397,46 @@ impl CallStream {
         if !at_pause && (self.loud_frames < every || self.buffer.len() > samples(s.interim_max_buffer)) {
             return;
         }
-        let Some(span) = s.gate.speech_span(&self.buffer, RATE_HZ) else { return };
+        if s.gate.speech_span(&self.buffer, RATE_HZ).is_none() {
+            return;
+        }
         let running = Running::Interim {
             generation: self.generation,
             covers: self.buffer.len(),
             start_secs: self.buffer_start_secs,
+            fresh: self.fresh,
         };
+        let (audio, forced) = self.with_context(&self.buffer, self.fresh);
         // A busy pool: try again at the next frame, when the caller has said more.
-        if let Ok(flight) = self.submit(self.buffer[span].to_vec(), self.draft.clone(), Priority::Interim) {
+        if let Ok(flight) = self.submit(audio, forced, self.draft.clone(), Priority::Interim) {
             self.loud_frames = 0;
             self.in_flight = Some(InFlight { running, ..flight });
         }
     }
 
-    fn submit(&self, audio: Vec<f32>, draft: Vec<i64>, priority: Priority) -> Result<InFlight, Refused> {
+    /// What to transcribe for `new` audio with speech: the utterance so far and `new`, trimmed
+    /// to the speech, and the tokens already reported for it (nothing before a fresh start).
+    fn with_context(&self, new: &[f32], fresh: bool) -> (Vec<f32>, Vec<i64>) {
+        let (audio, forced) = if fresh { (new.to_vec(), Vec::new()) } else { self.utterance.context(new) };
+        match self.settings.gate.speech_span(&audio, RATE_HZ) {
+            Some(span) => (audio[span].to_vec(), forced),
+            None => (audio, forced),
+        }
+    }
+
+    fn submit(
+        &self,
+        audio: Vec<f32>,
+        forced: Vec<i64>,
+        draft: Vec<i64>,
+        priority: Priority,
+    ) -> Result<InFlight, Refused> {
         let (tx, rx) = oneshot::channel();
         let cancel = CancelToken::new();
         let job = Job {
             audio,
             rate_hz: RATE_HZ,
+            forced,
             draft,
             cancel: cancel.clone(),
             reply: Box::new(move |r| {
@@ -364,10 +462,23 @@ impl CallStream {
         match flight.running {
             Running::Final => {
                 if let Some(segment) = self.pending.pop_front() {
+                    if segment.fresh {
+                        self.utterance.clear();
+                    }
+                    match &recognized {
+                        // A cut inside speech starts over: it may fall inside a word.
+                        Some(r) if segment.cut != Cut::TooLong => self.utterance.push(
+                            segment.audio.clone(),
+                            r.forced,
+                            r.ids.clone(),
+                            samples(self.settings.utterance_context),
+                        ),
+                        _ => self.utterance.clear(),
+                    }
                     self.answer(&segment, recognized).await;
                 }
             }
-            Running::Interim { generation, covers, start_secs } => {
+            Running::Interim { generation, covers, start_secs, .. } => {
                 let Some(r) = recognized else { return };
                 if generation != self.generation {
                     return;
@@ -429,7 +540,7 @@ mod tests {
     use crate::services::stt::{Frame, SttHandle, SttOptions, FRAME_SAMPLES};
 
     /// Answers "heard N.Ns" for N seconds of 16 kHz audio after `delay` (stopping early when
-    /// cancelled), and records each call's length.
+    /// cancelled), with " after K" when given K forced tokens, and records each call's length.
     struct Scripted {
         delay: Duration,
         fail: bool,
@@ -437,7 +548,7 @@ mod tests {
     }
 
     impl Recognizer for Scripted {
-        fn recognize(&mut self, audio: &[f32], _draft: &[i64], cancel: &CancelToken) -> JobResult {
+        fn recognize(&mut self, audio: &[f32], forced: &[i64], _draft: &[i64], cancel: &CancelToken) -> JobResult {
             self.calls.lock().unwrap().push(audio.len());
             let until = std::time::Instant::now() + self.delay;
             while std::time::Instant::now() < until {
@@ -449,11 +560,15 @@ mod tests {
             if self.fail {
                 return Err(MoonshineError::Inference("scripted failure".into()));
             }
-            let text = format!("heard {:.1}s", audio.len() as f64 / 16000.0);
+            let mut text = format!("heard {:.1}s", audio.len() as f64 / 16000.0);
+            if !forced.is_empty() {
+                text += &format!(" after {}", forced.len());
+            }
             Ok(Some(Recognized {
                 text,
                 tokens: 2,
                 ids: vec![7, 8],
+                forced: forced.len(),
                 decoder_runs: 3,
                 confidence: 0.9,
                 stop: Stop::EndOfText,
@@ -465,6 +580,8 @@ mod tests {
         let mut c = LocalSttConfig::in_models_dir("/nonexistent");
         c.interim_every = Duration::ZERO;
         c.close_timeout = Duration::from_secs(5);
+        // Each segment alone (the utterance's context has tests of its own).
+        c.utterance_gap = Duration::ZERO;
         c
     }
 
@@ -725,6 +842,59 @@ mod tests {
         let t = next_final(&mut events).await;
         assert!(!t.from_finalize && t.text == "heard 0.5s", "the last words are flushed: {t:?}");
         assert!(tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn finals_in_pauses_carry_the_utterance_until_a_long_quiet() {
+        let mut c = config();
+        c.utterance_gap = Duration::from_millis(1200);
+        c.utterance_context = Duration::from_secs(3);
+        let (stt, calls) = provider(Duration::from_millis(5), c);
+        let (handle, mut events) = stt.session(&SttOptions::default()).unwrap();
+        let said = |audio: Vec<f32>| {
+            let handle = handle.clone();
+            async move {
+                send(&handle, &audio).await;
+                handle.finalize();
+            }
+        };
+        said([speech(1.0), quiet(0.1)].concat()).await;
+        assert_eq!(next_final(&mut events).await.text, "heard 1.1s", "the gate pads speech by 0.2 s");
+        // The next clause is read after the first (1.1 s of it) and its two tokens.
+        said([quiet(0.3), speech(0.5), quiet(0.1)].concat()).await;
+        let t = next_final(&mut events).await;
+        assert_eq!((t.text.as_str(), t.start_secs, t.duration_secs), ("heard 2.0s after 2", 1.1, 0.9), "{t:?}");
+        said([speech(1.5), quiet(0.1)].concat()).await;
+        assert_eq!(next_final(&mut events).await.text, "heard 3.6s after 4");
+        // 3 s of context at most: the first clause is dropped, whole (and the second's leading
+        // quiet trimmed but for the padding).
+        said([speech(0.5), quiet(0.1)].concat()).await;
+        assert_eq!(next_final(&mut events).await.text, "heard 3.0s after 4");
+        // A Finalize with nothing said is answered empty and does not end the utterance.
+        said(quiet(0.2)).await;
+        assert_eq!(next_final(&mut events).await.text, "");
+        // 1.2 s of quiet does: the speech after it is read alone.
+        said([quiet(1.3), speech(0.5), quiet(0.1)].concat()).await;
+        assert_eq!(next_final(&mut events).await.text, "heard 0.8s", "alone, with 0.2 s of padding");
+        assert_eq!(calls.lock().unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_cut_for_length_starts_a_new_utterance() {
+        let mut c = config();
+        c.utterance_gap = Duration::from_millis(1200);
+        c.max_segment = Duration::from_secs(2);
+        let (stt, _) = provider(Duration::from_millis(5), c);
+        let (handle, mut events) = stt.session(&SttOptions::default()).unwrap();
+        send(&handle, &[speech(0.5), quiet(0.1)].concat()).await;
+        handle.finalize();
+        assert_eq!(next_final(&mut events).await.text, "heard 0.6s");
+        send(&handle, &[speech(1.9), quiet(0.1), speech(0.3), quiet(0.1)].concat()).await;
+        let long = next_final(&mut events).await;
+        assert!(!long.from_finalize && long.text.ends_with("after 2"), "still in the utterance: {long:?}");
+        handle.finalize();
+        let t = next_final(&mut events).await;
+        assert!(t.from_finalize && !t.text.contains("after"), "read alone after the cut: {t:?}");
     }
 
     #[tokio::test]

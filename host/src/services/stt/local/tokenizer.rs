@@ -76,6 +76,16 @@ impl Tokenizer {
         self.pieces.is_empty()
     }
 
+    /// Whether `id` is only punctuation (after an optional word start), like "." or "▁,".
+    pub fn is_punctuation(&self, id: i64) -> bool {
+        let Some(piece) = usize::try_from(id).ok().filter(|&i| i >= FIRST_TEXT_ID).and_then(|i| self.pieces.get(i))
+        else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(piece).replace(WORD_START, "");
+        !text.is_empty() && text.chars().all(|c| c.is_ascii_punctuation() && c != '\'')
+    }
+
     /// The text of `ids`: control tokens and unknown ids are skipped, byte-fallback tokens are
     /// joined byte by byte (invalid UTF-8 becomes U+FFFD), word starts become spaces.
     pub fn decode(&self, ids: &[i64]) -> String {

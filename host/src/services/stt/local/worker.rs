@@ -21,12 +21,12 @@ pub type JobResult = Result<Option<Recognized>, MoonshineError>;
 /// What a worker runs: 16 kHz mono audio in, text out. [`MoonshineModel`] in production; the
 /// tests drive the queue and the streaming logic with scripted recognizers.
 pub trait Recognizer: Send + 'static {
-    fn recognize(&mut self, audio: &[f32], draft: &[i64], cancel: &CancelToken) -> JobResult;
+    fn recognize(&mut self, audio: &[f32], forced: &[i64], draft: &[i64], cancel: &CancelToken) -> JobResult;
 }
 
 impl Recognizer for MoonshineModel {
-    fn recognize(&mut self, audio: &[f32], draft: &[i64], cancel: &CancelToken) -> JobResult {
-        self.transcribe(audio, draft, cancel)
+    fn recognize(&mut self, audio: &[f32], forced: &[i64], draft: &[i64], cancel: &CancelToken) -> JobResult {
+        self.transcribe(audio, forced, draft, cancel)
     }
 }
 
@@ -42,7 +42,10 @@ pub struct Job {
     /// Mono, ±1.0, at `rate_hz` (resampled to the model's rate on the worker).
     pub audio: Vec<f32>,
     pub rate_hz: u32,
-    /// Tokens the text probably starts with (see [`MoonshineModel::transcribe`]).
+    /// Tokens already reported for the start of the audio, fed as given; the result is what
+    /// follows them (see [`MoonshineModel::transcribe`]).
+    pub forced: Vec<i64>,
+    /// Tokens the text (after `forced`) probably starts with.
     pub draft: Vec<i64>,
     /// Abandons the job (before it starts, or mid-run).
     pub cancel: Arc<CancelToken>,
@@ -200,9 +203,9 @@ fn work(shared: &Shared, mut model: Box<dyn Recognizer>) {
 
 fn run(model: &mut dyn Recognizer, job: &Job, cancel: &CancelToken) -> JobResult {
     if job.rate_hz == SAMPLE_RATE {
-        return model.recognize(&job.audio, &job.draft, cancel);
+        return model.recognize(&job.audio, &job.forced, &job.draft, cancel);
     }
     let audio = resample_all(&job.audio, job.rate_hz, SAMPLE_RATE)
         .map_err(|e| MoonshineError::Inference(format!("resampling {} Hz to {SAMPLE_RATE} Hz: {e}", job.rate_hz)))?;
-    model.recognize(&audio, &job.draft, cancel)
+    model.recognize(&audio, &job.forced, &job.draft, cancel)
 }
