@@ -163,7 +163,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Blocking work (model loads, inference on worker threads) off the async runtime.
             tokio::task::spawn_blocking(move || analyze_turns(args)).await.context("turn analysis")?
         }
-        Command::Analyze(args) => analyze(args),
+        // `analyze FILE` runs its own runtime: it must not start inside this one.
+        Command::Analyze(args) => tokio::task::spawn_blocking(move || analyze(args)).await.context("analyze")?,
         Command::Plugin(cmd) => plugin(cmd).await,
         Command::Simulate(args) => {
             let summary = crate::sim::run(*args).await?;

@@ -62,10 +62,11 @@ pub enum GapLabel {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabelsError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not valid labels JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    // The cause is in the message, not a `source`: anyhow's `{:#}` would print it twice.
+    #[error("reading {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{path}: not valid labels JSON: {error}")]
+    Json { path: PathBuf, error: serde_json::Error },
     #[error("{path}: version {found}; this tool reads version {VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("{path}: no files labelled")]
@@ -77,14 +78,14 @@ pub enum LabelsError {
 impl Labels {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Labels, LabelsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LabelsError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| LabelsError::Read { path: path.into(), error })?;
         Labels::parse(&text, path)
     }
 
     /// Parses and checks labels; `origin` names them in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Labels, LabelsError> {
         let labels: Labels =
-            serde_json::from_str(text).map_err(|source| LabelsError::Json { path: origin.into(), source })?;
+            serde_json::from_str(text).map_err(|error| LabelsError::Json { path: origin.into(), error })?;
         labels.validate(origin)?;
         Ok(labels)
     }
