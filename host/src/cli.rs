@@ -59,11 +59,27 @@ pub enum PluginCommand {
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
     /// A mono WAV file, any sample rate.
-    pub file: PathBuf,
+    #[arg(required_unless_present = "turns", conflicts_with = "turns")]
+    pub file: Option<PathBuf>,
+    /// Score the call path's end-of-turn decisions on a folder of labelled 8 kHz recordings
+    /// (host/tests/fixtures/speech): cut-offs, late and missed turn ends, decision latency.
+    #[arg(long, value_name = "DIR")]
+    pub turns: Option<PathBuf>,
+    /// The labels of `--turns` (default: DIR/labels.json).
+    #[arg(long, value_name = "FILE", requires = "turns")]
+    pub labels: Option<PathBuf>,
+    /// With --turns: Finalize → final transcript on the virtual clock, ms.
+    #[arg(long, value_name = "MS", default_value_t = 150, requires = "turns")]
+    pub stt_latency_ms: u64,
+    /// With --turns: files played at once (at most 2).
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "turns",
+          value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub threads: u32,
     /// Skip RNNoise.
     #[arg(long)]
     pub no_denoise: bool,
     /// JSON lines: one per VAD window, VAD events, and the Smart Turn verdict at each stop.
+    /// With --turns: the report as JSON, with every gap's decision and the trace behind it.
     #[arg(long)]
     pub json: bool,
     /// Use the reference bots' values (VAD stop 0.5 s, Smart Turn pre-speech 0 ms).
@@ -143,7 +159,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", dial(args).await?);
             Ok(())
         }
-        Command::Analyze(args) => analyze(args),
+        Command::Analyze(args) if args.turns.is_some() => {
+            // Blocking work (model loads, inference on worker threads) off the async runtime.
+            tokio::task::spawn_blocking(move || analyze_turns(args)).await.context("turn analysis")?
+        }
+        // `analyze FILE` runs its own runtime: it must not start inside this one.
+        Command::Analyze(args) => tokio::task::spawn_blocking(move || analyze(args)).await.context("analyze")?,
         Command::Plugin(cmd) => plugin(cmd).await,
         Command::Simulate(args) => {
             let summary = crate::sim::run(*args).await?;
@@ -243,10 +264,39 @@ fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
         opts.vad = VadParams::reference_seed();
         opts.turn = TurnParams::reference_seed();
     }
+    let file = args.file.context("a WAV file to analyse, or --turns DIR")?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    run(&args.file, &opts, &mut out).with_context(|| format!("analysing {}", args.file.display()))?;
+    run(&file, &opts, &mut out).with_context(|| format!("analysing {}", file.display()))?;
     std::io::Write::flush(&mut out)?;
+    Ok(())
+}
+
+fn analyze_turns(args: AnalyzeArgs) -> anyhow::Result<()> {
+    use crate::engine::turn_analysis::{driver::DriverOptions, run, TurnAnalysis};
+    use crate::services::stt::local::LocalSttConfig;
+    let dir = args.turns.context("--turns DIR")?;
+    let mut driver =
+        DriverOptions { stt_latency: std::time::Duration::from_millis(args.stt_latency_ms), ..Default::default() };
+    driver.turn_taking.denoise = !args.no_denoise;
+    if args.reference_seed {
+        driver.turn_taking.vad = crate::audio::vad::VadParams::reference_seed();
+        driver.turn_taking.turn = crate::audio::turn::TurnParams::reference_seed();
+    }
+    let opts = TurnAnalysis {
+        labels: args.labels.unwrap_or_else(|| dir.join("labels.json")),
+        dir,
+        models: ModelPaths::from_env(),
+        stt: LocalSttConfig::from_env(),
+        driver,
+        threads: args.threads as usize,
+    };
+    let report = run(&opts).with_context(|| format!("analysing the turns in {}", opts.dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
     Ok(())
 }
 

@@ -266,7 +266,7 @@ impl<F: Frontend> Coordinator<F> {
             }
             ListenEvent::Settled { text, paused_at } => self.maybe_speculate(text, paused_at),
             ListenEvent::Resumed => self.abort_speculation(),
-            ListenEvent::TurnEnded { text, speech_ended, stt_final_ms } => {
+            ListenEvent::TurnEnded { text, speech_ended, stt_final_ms, .. } => {
                 self.on_user_turn(text, TurnTiming { speech_ended, stt_final_ms }).await;
             }
         }

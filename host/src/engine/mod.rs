@@ -18,6 +18,7 @@ pub mod listener;
 pub mod speaker;
 #[cfg(test)]
 mod testing;
+pub mod turn_analysis;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -81,6 +81,10 @@ impl Frontend for ScriptedFrontend {
         self.speaking
     }
 
+    fn scoring(&self) -> bool {
+        !self.verdicts.lock().unwrap().is_empty()
+    }
+
     fn force_stop(&mut self) -> bool {
         if !self.speaking {
             return false;

@@ -19,6 +19,8 @@ pub trait Frontend: Send {
     /// The verdict of the last stop; pending while nothing is scored. Cancel-safe.
     fn verdict(&mut self) -> impl Future<Output = Result<TurnVerdict, TurnError>> + Send;
     fn user_speaking(&self) -> bool;
+    /// Whether a verdict is on its way.
+    fn scoring(&self) -> bool;
     /// Reports a speech stop now if one is due (events follow in `drain_into`).
     fn force_stop(&mut self) -> bool;
     /// Forgets the current turn.
@@ -44,6 +46,10 @@ impl Frontend for InboundPipeline {
 
     fn user_speaking(&self) -> bool {
         InboundPipeline::user_speaking(self)
+    }
+
+    fn scoring(&self) -> bool {
+        InboundPipeline::scoring(self)
     }
 
     fn force_stop(&mut self) -> bool {

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use finalize::FinalizeLedger;
 pub use frontend::Frontend;
+pub use turns::EndReason;
 use turns::{TurnSignal, TurnTracker};
 
 use crate::audio::pipeline::PipelineEvent;
@@ -52,6 +53,8 @@ pub enum ListenEvent {
         speech_ended: Option<Instant>,
         /// End of speech → the turn's final transcript, ms.
         stt_final_ms: Option<f64>,
+        /// Which rule ended it.
+        reason: EndReason,
     },
 }
 
@@ -212,7 +215,7 @@ impl<F: Frontend> Listener<F> {
                 self.on_speech_stop(now, ended);
             }
             PipelineEvent::Fallback { .. } => {
-                if let Some(sig) = self.turns.verdict(true, now) {
+                if let Some(sig) = self.turns.fallback(now) {
                     self.on_signal(sig);
                 }
             }
@@ -313,6 +316,7 @@ impl<F: Frontend> Listener<F> {
                     text,
                     speech_ended: self.speech_ended.take(),
                     stt_final_ms: self.stt_final_ms.take(),
+                    reason: self.turns.last_end_reason().unwrap_or(EndReason::Watchdog),
                 });
             }
         }
@@ -350,6 +354,28 @@ impl<F: Frontend> Listener<F> {
             stt.finalize();
             self.finalizes.sent();
         }
+    }
+
+    /// Seams for drivers that keep their own clock (`switchboard analyze --turns`): they play
+    /// the STT provider and hand verdicts over at the instant they choose, instead of `wait`.
+    /// An STT event, heard at `now`.
+    pub(crate) fn hear_stt(&mut self, ev: SttEvent, now: Instant) {
+        self.on_stt(ev, now);
+    }
+
+    /// Whether Smart Turn is scoring the last stop (a verdict will come from [`Self::next_verdict`]).
+    pub(crate) fn verdict_pending(&self) -> bool {
+        self.frontend.scoring()
+    }
+
+    /// Awaits the pending verdict without applying it to the turn (see [`Self::hear_verdict`]).
+    pub(crate) async fn next_verdict(&mut self) -> Result<TurnVerdict, TurnError> {
+        self.frontend.verdict().await
+    }
+
+    /// A verdict from [`Self::next_verdict`], heard at `now`.
+    pub(crate) fn hear_verdict(&mut self, verdict: Result<TurnVerdict, TurnError>, now: Instant) {
+        self.on_verdict(verdict, now);
     }
 
     /// Closes the STT stream (the call is over).

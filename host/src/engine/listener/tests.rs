@@ -45,10 +45,11 @@ async fn a_pause_with_final_words_is_settled_and_a_complete_stop_ends_the_turn_w
     assert_eq!(stt.finalizes(), 0, "only silence since the pause's Finalize");
     l.on_verdict(verdict(true), stop_at + Duration::from_millis(30));
     let events = drain(&mut l);
-    let Some(ListenEvent::TurnEnded { text, speech_ended, stt_final_ms }) = events.last().cloned() else {
+    let Some(ListenEvent::TurnEnded { text, speech_ended, stt_final_ms, reason }) = events.last().cloned() else {
         panic!("{events:?}")
     };
     assert_eq!(text, "What time is it?");
+    assert_eq!(reason, EndReason::SmartTurn);
     assert_eq!(speech_ended, Some(stop_at - Duration::from_millis(200)), "one stop window before the stop");
     let stt_ms = stt_final_ms.expect("measured from the end of speech");
     assert!((stt_ms - 124.0).abs() < 1.0, "pause start minus two windows → the final: {stt_ms}");
@@ -86,7 +87,9 @@ async fn an_incomplete_verdict_waits_for_the_fallback_and_interim_words_are_repo
     l.on_verdict(verdict(false), t0 + Duration::from_millis(350));
     assert_eq!(ended(&drain(&mut l)), None, "incomplete: the caller may go on");
     frame(&mut l, t0 + Duration::from_millis(1800)).await;
-    assert_eq!(ended(&drain(&mut l)).as_deref(), Some("so I was thinking"), "the silence fallback ends it");
+    let events = drain(&mut l);
+    assert_eq!(ended(&events).as_deref(), Some("so I was thinking"), "the silence fallback ends it");
+    assert!(events.iter().any(|e| matches!(e, ListenEvent::TurnEnded { reason: EndReason::SilenceFallback, .. })));
 }
 
 #[tokio::test]
@@ -120,7 +123,9 @@ async fn without_stt_turns_still_start_and_end_by_the_watchdog() {
     l.on_verdict(verdict(true), t0 + Duration::from_millis(320));
     drain(&mut l);
     l.poll(t0 + Duration::from_millis(2400), false);
-    assert_eq!(ended(&drain(&mut l)).as_deref(), Some(""), "an empty turn, ended by the watchdog");
+    let events = drain(&mut l);
+    assert_eq!(ended(&events).as_deref(), Some(""), "an empty turn, ended by the watchdog");
+    assert!(events.iter().any(|e| matches!(e, ListenEvent::TurnEnded { reason: EndReason::Watchdog, .. })));
 }
 
 #[tokio::test]

@@ -25,12 +25,28 @@ pub enum TurnSignal {
     Ended { text: String },
 }
 
+/// Why a turn ended (for analysis and logs; the decision rules do not depend on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Smart Turn scored the segment complete.
+    SmartTurn,
+    /// An incomplete verdict's silence fallback completed it.
+    SilenceFallback,
+    /// VAD never heard the turn: a final transcript alone completed it.
+    SttOnly,
+    /// Nothing completed it in time: the watchdog force-ended it.
+    Watchdog,
+}
+
 #[derive(Debug, Clone)]
 struct OpenTurn {
     vad_speaking: bool,
     /// VAD took part in this turn (a start or stop was seen).
     vad_seen: bool,
     complete: bool,
+    /// What set `complete` last.
+    completed_by: EndReason,
     finals: Vec<String>,
     finalized: bool,
     stt_deadline: Option<Instant>,
@@ -43,12 +59,14 @@ pub struct TurnTracker {
     vad_stop_window: Duration,
     stop_timeout: Duration,
     open: Option<OpenTurn>,
+    /// Why the last turn ended (set with each `Ended`).
+    last_end: Option<EndReason>,
 }
 
 impl TurnTracker {
     /// `vad_stop_window` is the VAD's stop_secs; `stop_timeout` the watchdog.
     pub fn new(vad_stop_window: Duration, stop_timeout: Duration) -> Self {
-        Self { vad_stop_window, stop_timeout, open: None }
+        Self { vad_stop_window, stop_timeout, open: None, last_end: None }
     }
 
     pub fn is_open(&self) -> bool {
@@ -65,6 +83,7 @@ impl TurnTracker {
             vad_speaking: false,
             vad_seen: false,
             complete: false,
+            completed_by: EndReason::Watchdog,
             finals: Vec::new(),
             finalized: false,
             stt_deadline: None,
@@ -102,12 +121,22 @@ impl TurnTracker {
 
     /// Smart Turn's verdict for the segment ending at the last VAD stop (or its silence fallback).
     pub fn verdict(&mut self, complete: bool, now: Instant) -> Option<TurnSignal> {
+        self.verdict_by(complete, EndReason::SmartTurn, now)
+    }
+
+    /// The silence fallback after an incomplete verdict: complete, by the clock.
+    pub fn fallback(&mut self, now: Instant) -> Option<TurnSignal> {
+        self.verdict_by(true, EndReason::SilenceFallback, now)
+    }
+
+    fn verdict_by(&mut self, complete: bool, by: EndReason, now: Instant) -> Option<TurnSignal> {
         let timeout = self.stop_timeout;
         let turn = self.open.as_mut()?;
         if turn.vad_speaking {
             return None; // the caller went on talking while the model ran
         }
         turn.complete = complete;
+        turn.completed_by = by;
         turn.watchdog = now + timeout;
         self.poll(now)
     }
@@ -133,6 +162,7 @@ impl TurnTracker {
             if !turn.vad_seen {
                 // VAD never heard this speech: the transcript alone decides the turn.
                 turn.complete = true;
+                turn.completed_by = EndReason::SttOnly;
                 turn.stt_deadline.get_or_insert(now + wait);
             }
         } else if !text.is_empty() {
@@ -153,12 +183,18 @@ impl TurnTracker {
         let text_ready = !turn.finals.is_empty() && (turn.finalized || turn.stt_deadline.is_some_and(|d| now >= d));
         // Our Finalize was answered with nothing: the caller said nothing recognisable.
         let empty_ready = turn.finals.is_empty() && turn.finalized;
-        let done = (turn.complete && (text_ready || empty_ready)) || now >= turn.watchdog;
-        if !done {
+        let completed = turn.complete && (text_ready || empty_ready);
+        if !completed && now < turn.watchdog {
             return None;
         }
         let turn = self.open.take()?;
+        self.last_end = Some(if completed { turn.completed_by } else { EndReason::Watchdog });
         Some(TurnSignal::Ended { text: turn.finals.join(" ") })
+    }
+
+    /// Why the turn behind the last `Ended` ended.
+    pub fn last_end_reason(&self) -> Option<EndReason> {
+        self.last_end
     }
 
     /// The next instant `poll` may change its answer.
@@ -350,6 +386,34 @@ mod tests {
         assert_eq!(t.transcript("Yes", false, false, t0), Some(TurnSignal::Started));
         assert_eq!(t.transcript("Yes.", true, false, t0 + ms(50)), None);
         assert_eq!(t.poll(t0 + ms(200)), Some(TurnSignal::Ended { text: "Yes.".into() }));
+    }
+
+    #[test]
+    fn the_end_reason_names_the_rule_that_completed_the_turn() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        t.vad_start(t0);
+        t.vad_stop(t0 + ms(300));
+        t.transcript("so I was", true, true, t0 + ms(320));
+        assert_eq!(t.verdict(false, t0 + ms(340)), None);
+        assert_eq!(t.fallback(t0 + ms(1800)), Some(TurnSignal::Ended { text: "so I was".into() }));
+        assert_eq!(t.last_end_reason(), Some(EndReason::SilenceFallback));
+
+        t.vad_start(t0 + ms(2000));
+        t.vad_stop(t0 + ms(2500));
+        t.transcript("Thanks.", true, true, t0 + ms(2520));
+        assert!(t.verdict(true, t0 + ms(2540)).is_some());
+        assert_eq!(t.last_end_reason(), Some(EndReason::SmartTurn));
+
+        t.transcript("Yes.", true, false, t0 + ms(3000));
+        assert!(t.poll(t0 + ms(3200)).is_some());
+        assert_eq!(t.last_end_reason(), Some(EndReason::SttOnly), "VAD never heard it");
+
+        t.vad_start(t0 + ms(4000));
+        t.vad_stop(t0 + ms(4300));
+        t.verdict(false, t0 + ms(4310));
+        assert!(t.poll(t0 + ms(6310)).is_some());
+        assert_eq!(t.last_end_reason(), Some(EndReason::Watchdog));
     }
 
     #[test]
