@@ -23,7 +23,7 @@ pub mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use tracing::{info, warn, Instrument};
 
@@ -39,7 +39,6 @@ use crate::services::stt::{SpeechToText, SttOptions};
 use crate::services::tts::{TextToSpeech, TtsOptions};
 use coordinator::{Coordinator, CoordinatorParts};
 use hooks::Hooks;
-use listener::turns::TurnTracker;
 use listener::Listener;
 use speaker::{Speaker, SpeakerParts};
 use writer::CallWriter;
@@ -95,7 +94,7 @@ async fn run(deps: Arc<EngineDeps>, info: CallInfo, io: SessionIo) {
         deps.smart_turn.clone(),
         PipelineParams { vad: tt.vad, turn: tt.turn, denoise: tt.denoise },
     );
-    let turns = TurnTracker::new(Duration::from_secs_f64(tt.vad.stop_secs), tt.user_turn_stop_timeout);
+    let turns = listener::turn_tracker(tt);
     let (stt, tts) = tokio::join!(
         deps.stt.connect(SttOptions::default()),
         deps.tts.connect(TtsOptions { voice: Some(setup.voice.clone()) })

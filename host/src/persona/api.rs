@@ -42,6 +42,8 @@ pub struct IdlePolicy {
     pub timeout: Duration,
 }
 
+pub use crate::engine::listener::endpoint::EndpointParams;
+
 /// Turn-taking values, all overridable by the persona.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnTaking {
@@ -55,6 +57,9 @@ pub struct TurnTaking {
     /// confirmed: hides up to a stop window of LLM + TTS latency, at the cost of an LLM request
     /// thrown away when the caller goes on talking.
     pub speculative_replies: bool,
+    /// End-of-turn decisions with the words and an adaptive silence fallback
+    /// (`engine::listener::endpoint`); `None`: Smart Turn's verdict alone with `turn.stop_secs`.
+    pub endpoint: Option<EndpointParams>,
 }
 
 impl Default for TurnTaking {
@@ -65,6 +70,9 @@ impl Default for TurnTaking {
             user_turn_stop_timeout: Duration::from_secs(2),
             denoise: true,
             speculative_replies: true,
+            // Off until it beats Smart Turn alone on real speech (docs/turn-taking.md: fewer
+            // late ends, but more cut-offs so far).
+            endpoint: None,
         }
     }
 }

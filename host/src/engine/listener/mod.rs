@@ -7,6 +7,7 @@
 //! Every decision takes the instant it happens at (`now`), so tests drive the listener on
 //! synthetic VAD events and transcripts with no models, sockets or real time.
 
+pub mod endpoint;
 mod finalize;
 mod frontend;
 pub mod turns;
@@ -31,6 +32,16 @@ use crate::services::stt::{Frame, SttEvent, SttEvents, SttHandle};
 /// reference's audio idle timeout): a peer that stops streaming mid-sentence must not hold the
 /// turn open, since VAD only moves when frames arrive.
 pub const AUDIO_IDLE_STOP: Duration = Duration::from_secs(1);
+
+/// The turn tracker a call's turn-taking values ask for.
+pub fn turn_tracker(tt: &crate::persona::TurnTaking) -> TurnTracker {
+    let tracker = TurnTracker::new(Duration::from_secs_f64(tt.vad.stop_secs), tt.user_turn_stop_timeout);
+    match &tt.endpoint {
+        Some(params) => tracker
+            .with_endpointer(endpoint::Endpointer::new(params.clone()), Duration::from_secs_f64(tt.vad.start_secs)),
+        None => tracker,
+    }
+}
 
 /// What the listener tells the coordinator.
 #[derive(Debug, Clone, PartialEq)]
@@ -251,18 +262,22 @@ impl<F: Frontend> Listener<F> {
     }
 
     fn on_verdict(&mut self, verdict: Result<TurnVerdict, TurnError>, now: Instant) {
-        let complete = match verdict {
+        let signal = match verdict {
             Ok(v) => {
                 debug!(probability = v.probability, complete = v.complete, "smart turn");
-                v.complete
+                if self.turns.text_aware() {
+                    self.turns.verdict_scored(v.probability, now)
+                } else {
+                    self.turns.verdict(v.complete, now)
+                }
             }
             Err(e) => {
                 // Without a verdict the silence fallback still ends the turn.
                 warn!(error = %e, "smart turn failed");
-                false
+                self.turns.verdict(false, now)
             }
         };
-        if let Some(sig) = self.turns.verdict(complete, now) {
+        if let Some(sig) = signal {
             self.on_signal(sig);
         }
     }

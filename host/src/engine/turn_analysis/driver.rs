@@ -23,7 +23,6 @@ use crate::audio::mulaw;
 use crate::audio::pipeline::{InboundPipeline, PipelineParams};
 use crate::audio::turn::{SmartTurnHandle, TurnError, TurnVerdict};
 use crate::audio::vad::{VadEngine, VadRate};
-use crate::engine::listener::turns::TurnTracker;
 use crate::engine::listener::{ListenEvent, Listener};
 use crate::metrics::Metrics;
 use crate::persona::api::TurnTaking;
@@ -102,7 +101,7 @@ impl<'a> Drive<'a> {
             engines.smart_turn.clone(),
             PipelineParams { vad: tt.vad, turn: tt.turn, denoise: tt.denoise },
         );
-        let turns = TurnTracker::new(Duration::from_secs_f64(tt.vad.stop_secs), tt.user_turn_stop_timeout);
+        let turns = crate::engine::listener::turn_tracker(tt);
         // The driver drains the commands after every frame: a generous queue never drops audio.
         let (handle, stt_commands) = command_channel(1024);
         // Events go through `hear_stt`; this channel only fills the listener's slot.

@@ -219,7 +219,7 @@ mod tests {
             (GOOD.replace("[0.12, 1.31]", "[1.31, 0.12]"), "not a forward span"),
             (GOOD.replace("\"resume_s\": 1.71", "\"resume_s\": null"), "speech resumes at 1.71"),
             (GOOD.replace("\"a.wav\"", "\"../a.wav\""), "plain file name"),
-            (GOOD.replace("\"files\": [", "\"files\": [] , \"x\": [").replace("]}]}", "]}]}"), "no files"),
+            (GOOD.replace("\"files\": [", "\"files\": [] , \"x\": ["), "no files"),
         ];
         for (text, expected) in cases {
             let e = error(&text);

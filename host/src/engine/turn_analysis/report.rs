@@ -188,7 +188,9 @@ pub fn score_file(labels: &FileLabels, run: FileRun) -> FileScore {
                 gap.outcome = match (gap.label, d.reason) {
                     (GapLabel::Pause, _) => Outcome::CutOff,
                     (GapLabel::TurnEnd, EndReason::SilenceFallback | EndReason::Watchdog) => Outcome::Late,
-                    (GapLabel::TurnEnd, EndReason::SmartTurn | EndReason::SttOnly) => Outcome::Decided,
+                    (GapLabel::TurnEnd, EndReason::SmartTurn | EndReason::SttOnly | EndReason::Words) => {
+                        Outcome::Decided
+                    }
                 };
                 gap.latency_ms = Some((d.t - gap.after_s) * 1000.0);
                 gap.decision = Some(d.clone());

@@ -118,6 +118,8 @@ fn turn_taking(t: wit::TurnTaking, warn: &mut Warnings) -> TurnTaking {
         .unwrap_or(d.user_turn_stop_timeout),
         denoise: t.denoise.unwrap_or(d.denoise),
         speculative_replies: d.speculative_replies,
+        // Persona API 0.1 has no end-of-turn fields: the measured defaults.
+        endpoint: d.endpoint,
     }
 }
 
