@@ -85,10 +85,10 @@ pub struct AnalyzeArgs {
     /// Use the reference bots' values (VAD stop 0.5 s, Smart Turn pre-speech 0 ms).
     #[arg(long)]
     pub reference_seed: bool,
-    /// With --turns: decide with the words too and an adaptive silence fallback (the
-    /// text-aware end of turn, off on calls by default), to compare with Smart Turn alone.
+    /// With --turns: Smart Turn's verdict alone and the fixed silence fallback, without the
+    /// words and the adaptive fallback calls use, for before/after comparisons.
     #[arg(long)]
-    pub text_aware: bool,
+    pub verdict_only: bool,
     /// Also run Smart Turn N quiet VAD windows (32 ms each) into every pause, before the VAD
     /// stop, to see how its verdict moves with trailing silence. Repeatable. N must be below
     /// the stop window (6 windows by default, 16 with --reference-seed) to probe anything.
@@ -283,8 +283,8 @@ fn analyze_turns(args: AnalyzeArgs) -> anyhow::Result<()> {
     let mut driver =
         DriverOptions { stt_latency: std::time::Duration::from_millis(args.stt_latency_ms), ..Default::default() };
     driver.turn_taking.denoise = !args.no_denoise;
-    if args.text_aware {
-        driver.turn_taking.endpoint = Some(crate::engine::listener::endpoint::EndpointParams::default());
+    if args.verdict_only {
+        driver.turn_taking.endpoint = None;
     }
     if args.reference_seed {
         driver.turn_taking.vad = crate::audio::vad::VadParams::reference_seed();

@@ -106,6 +106,8 @@ pub struct Coordinator<F: Frontend> {
     turn: u64,
     turn_started_ms: Option<u64>,
     turn_span: tracing::Span,
+    /// The call's span: each turn's span is its child (not the previous turn's).
+    call_span: tracing::Span,
     turn_interrupted_bot: bool,
     recovered_empty_turn: bool,
     idle_deadline: Option<Instant>,
@@ -135,6 +137,7 @@ impl<F: Frontend> Coordinator<F> {
             turn: 0,
             turn_started_ms: None,
             turn_span: tracing::Span::none(),
+            call_span: tracing::Span::current(),
             turn_interrupted_bot: false,
             recovered_empty_turn: false,
             idle_deadline: None,
@@ -260,7 +263,7 @@ impl<F: Frontend> Coordinator<F> {
                 self.idle_deadline = None;
                 self.idle_attempts = 0;
                 self.turn += 1;
-                self.turn_span = tracing::info_span!("turn", n = self.turn);
+                self.turn_span = tracing::info_span!(parent: &self.call_span, "turn", n = self.turn);
                 self.turn_started_ms = Some(self.now_ms());
                 self.turn_interrupted_bot = self.barge_in().await;
             }

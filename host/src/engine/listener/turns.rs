@@ -574,7 +574,7 @@ mod tests {
     fn a_held_turn_ends_at_the_hold_when_no_speech_comes() {
         let t0 = Instant::now();
         let mut t = text_aware();
-        spoken(&mut t, t0, t0 + ms(1500), "so the thing is", 0.9);
+        spoken(&mut t, t0, t0 + ms(1500), "so the thing is that the", 0.9);
         assert_eq!(t.poll(t0 + ms(2200)), None);
         assert!(matches!(t.poll(t0 + ms(2300)), Some(TurnSignal::Ended { .. })));
     }
