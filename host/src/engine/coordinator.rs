@@ -30,7 +30,10 @@ use crate::persona::{Action, CallSummary, Greeting, PersonaSetup};
 use crate::services::llm::ChatMessage;
 
 /// Said when a turn had no words and interrupted the bot (the reference's empty-turn recovery).
-const EMPTY_TURN_PROMPT: &str = "The user may have said something that was not understood. Briefly ask them to repeat.";
+/// Said when the caller spoke but no words came through (after an interruption, or before the
+/// first reply). A fixed line, not an LLM instruction: it is heard at once, and small local
+/// models read such instructions out and then repeat them every turn.
+pub(crate) const EMPTY_TURN_REPLY: &str = "Sorry, I didn't catch that. Could you say it again?";
 /// Said before a transfer.
 const TRANSFER_NOTICE: &str = "Please hold while I transfer your call.";
 
@@ -63,9 +66,7 @@ pub enum Why {
         call_id: String,
     },
     /// An empty turn's recovery, after whatever hooks were outstanding.
-    EmptyTurn {
-        timing: TurnTiming,
-    },
+    EmptyTurn,
 }
 
 /// A round of tool calls waiting for its results.
@@ -302,7 +303,7 @@ impl<F: Frontend> Coordinator<F> {
             if (self.turn_interrupted_bot || first_reply_pending) && !self.recovered_empty_turn && !self.ending {
                 self.recovered_empty_turn = true;
                 // After any hook still running, so its results are in the context first.
-                self.hooks.barrier(Why::EmptyTurn { timing });
+                self.hooks.barrier(Why::EmptyTurn);
             } else if !self.speaker.has_reply() {
                 self.arm_idle();
             }
@@ -440,10 +441,9 @@ impl<F: Frontend> Coordinator<F> {
             (Why::Tool { round, call_id }, HookAnswer::Tool(result)) => {
                 self.on_tool_result(round, call_id, result).await
             }
-            (Why::EmptyTurn { timing }, _) => {
+            (Why::EmptyTurn, _) => {
                 if !self.ending {
-                    self.context.push(ChatMessage::system(EMPTY_TURN_PROMPT));
-                    self.start_llm_reply(timing);
+                    self.say(EMPTY_TURN_REPLY, After::Listen);
                 }
             }
             (why, answer) => warn!(?why, ?answer, "hook answer of the wrong kind ignored"),

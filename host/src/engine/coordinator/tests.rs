@@ -294,3 +294,19 @@ async fn a_keypress_reaches_the_persona_and_then_the_llm_and_the_call_end_reache
     r.end().await;
     assert_eq!(*calls.lock().unwrap(), ["dtmf:5", "end"]);
 }
+
+#[tokio::test]
+async fn a_turn_with_no_words_before_any_reply_gets_the_fixed_request_to_repeat() {
+    let frames = vec![vec![started()], vec![stopped()]];
+    let llm = ScriptedLlm::default();
+    let mut r = rig(frames, llm.clone(), TestPersona::default()).await;
+    r.turn("").await;
+    let mut said = Vec::new();
+    eventually("the request to repeat", Duration::from_secs(2), || {
+        said.extend(r.spoken());
+        said.join(" ") == EMPTY_TURN_REPLY
+    })
+    .await;
+    assert!(llm.requests.lock().unwrap().is_empty(), "no LLM request: the line is fixed");
+    r.end().await;
+}
